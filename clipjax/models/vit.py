@@ -1,0 +1,132 @@
+"""Vision Transformer image tower: CLIP's layout, and Hugging Face `ViTModel`'s through options.
+
+CLIP: bias-free patch conv, class token, learned positions, ln_pre, pre-LN blocks, ln_post
+on the class token, projection. HF ViTModel: patch conv with bias, no ln_pre, exact GELU,
+eps 1e-12, final LN, dense+tanh pooler. Other input sizes interpolate the position grid with
+a PyTorch-exact bicubic kernel (jax.image.resize's bicubic differs from PyTorch's).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import numpy as np
+import jax.numpy as jnp
+import flax.linen as nn
+
+from clipjax.models.config import VisionConfig
+from clipjax.models.layers import Transformer, constrain, dense, dtype_of, layer_norm, logical
+
+
+def _cubic(t: np.ndarray, a: float = -0.75) -> np.ndarray:
+    """PyTorch's cubic convolution kernel (upsample_bicubic2d), distances t >= 0."""
+    t = np.abs(t)
+    return np.where(
+        t <= 1,
+        ((a + 2) * t - (a + 3)) * t * t + 1,
+        np.where(t < 2, ((a * t - 5 * a) * t + 8 * a) * t - 4 * a, 0.0),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def torch_bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """(out, in) matrix M with M @ x == F.interpolate(x, out, mode="bicubic", align_corners=False)
+    along one axis: half-pixel centres, A=-0.75, border indices clamped."""
+    m = np.zeros((out_size, in_size), np.float64)
+    scale = in_size / out_size
+    for o in range(out_size):
+        src = scale * (o + 0.5) - 0.5
+        x0 = int(np.floor(src))
+        t = src - x0
+        for k in range(-1, 3):
+            idx = min(max(x0 + k, 0), in_size - 1)
+            m[o, idx] += _cubic(np.array(t - k))
+    return m.astype(np.float32)
+
+
+def resize_pos_grid(grid: jnp.ndarray, out_h: int, out_w: int) -> jnp.ndarray:
+    """Bicubically resize a (h, w, d) position grid as PyTorch's F.interpolate does."""
+    h, w, _ = grid.shape
+    if (h, w) == (out_h, out_w):
+        return grid
+    mh = jnp.asarray(torch_bicubic_matrix(h, out_h))
+    mw = jnp.asarray(torch_bicubic_matrix(w, out_w))
+    grid = jnp.einsum("oh,hwd->owd", mh, grid.astype(jnp.float32), precision="highest")
+    return jnp.einsum("pw,owd->opd", mw, grid, precision="highest")
+
+
+class VisionTransformer(nn.Module):
+    """Returns dict(tokens=encoder output (B, 1+N, W) before the final norm,
+    pooled=normed class token (after the pooler if any), embeds=projection of pooled or None,
+    hidden=every layer's output stacked (L, B, 1+N, W) when return_hidden)."""
+
+    cfg: VisionConfig
+    embed_dim: Optional[int] = None  # None: no projection (a bare ViTModel)
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat_policy: str = "none"
+    attention_impl: Optional[str] = None
+
+    @nn.compact
+    def __call__(self, images, return_hidden: bool = False, deterministic: bool = True):
+        cfg = self.cfg
+        dtype, pdtype = dtype_of(self.dtype), dtype_of(self.param_dtype)
+        p = cfg.patch_size
+        x = nn.Conv(
+            cfg.width,
+            (p, p),
+            strides=(p, p),
+            padding="VALID",
+            use_bias=cfg.patch_bias,
+            dtype=dtype,
+            param_dtype=pdtype,
+            kernel_init=logical(nn.initializers.lecun_normal(), ("conv_h", "conv_w", "conv_in", "embed")),
+            bias_init=logical(nn.initializers.zeros, ("embed",)),
+            name="patch_embed",
+        )(images.astype(dtype))
+        b, gh, gw, d = x.shape
+        x = x.reshape(b, gh * gw, d)
+
+        scale = cfg.width**-0.5
+        cls = self.param("cls", logical(nn.initializers.normal(scale), ("embed",)), (d,), pdtype)
+        grid0 = cfg.image_size // p
+        pos = self.param(
+            "pos_embed", logical(nn.initializers.normal(scale), ("length", "embed")), (grid0 * grid0 + 1, d), pdtype
+        )
+        if (gh, gw) != (grid0, grid0):
+            patch_pos = resize_pos_grid(pos[1:].reshape(grid0, grid0, d), gh, gw).reshape(gh * gw, d)
+            pos = jnp.concatenate([pos[:1], patch_pos.astype(pos.dtype)], axis=0)
+
+        x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (b, 1, d)), x], axis=1)
+        x = constrain(x + pos.astype(dtype))
+        if cfg.ln_pre:
+            x = layer_norm(cfg.ln_eps, dtype, pdtype, "ln_pre")(x)
+
+        x, hidden = Transformer(
+            depth=cfg.layers,
+            heads=cfg.heads,
+            mlp_dim=cfg.mlp_dim,
+            act=cfg.act,
+            ln_eps=cfg.ln_eps,
+            norm_first=True,
+            deterministic=deterministic,
+            dtype=dtype,
+            param_dtype=pdtype,
+            remat_policy=self.remat_policy,
+            attention_impl=self.attention_impl,
+            return_hidden=return_hidden,
+            name="transformer",
+        )(x)
+
+        pooled = layer_norm(cfg.ln_eps, dtype, pdtype, "ln_post")(x[:, 0])
+        if cfg.pooler:
+            pooled = jnp.tanh(dense(d, ("embed", "embed_out"), dtype, pdtype, name="pooler")(pooled))
+        embeds = None
+        if self.embed_dim is not None:
+            embeds = dense(self.embed_dim, ("embed", "proj"), dtype, pdtype, use_bias=False, name="proj")(pooled)
+        return dict(tokens=x, pooled=pooled, embeds=embeds, hidden=hidden)
+
+    def final_norm(self, params, tokens):
+        """ln_post applied to every token (HF ViTModel's last_hidden_state)."""
+        return nn.LayerNorm(epsilon=self.cfg.ln_eps).apply({"params": params["ln_post"]}, tokens)

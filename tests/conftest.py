@@ -1,0 +1,12 @@
+"""Test-wide set-up: 8 forced CPU devices (must be set before jax is imported) and float32
+matmuls at full precision so parity figures measure the model, not XLA's defaults."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
