@@ -53,7 +53,7 @@ def to_torch(a: np.ndarray):
     a = np.asarray(a)
     if a.dtype.name == "bfloat16":
         return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
-    return torch.from_numpy(np.ascontiguousarray(a).copy())
+    return torch.from_numpy(np.array(a, copy=True, order="C"))  # keeps 0-d arrays 0-d
 
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -143,6 +143,10 @@ class Rule:
     torch: str
     kind: str = "copy"
     n_in: int = 1
+    # The torch tensor's exact shape (per layer for "{i}" rules) where the clipjax variable's
+    # shape does not imply it, e.g. HF ViT's cls_token (1, 1, D) <-> (D,). Checked on read,
+    # restored on write. None: no check, written in the shape the kind implies.
+    torch_shape: Optional[tuple] = None
 
     @property
     def stacked(self) -> bool:
@@ -180,7 +184,7 @@ def _j2t(x: np.ndarray, rule: Rule, torch_shape: Optional[tuple]) -> np.ndarray:
         x = x.reshape(-1)
     if torch_shape is not None:
         x = x.reshape(torch_shape)
-    return np.ascontiguousarray(x)
+    return np.array(x, copy=True, order="C")  # np.ascontiguousarray would make 0-d arrays 1-d
 
 
 class _ShapeMismatch(Exception):
@@ -258,6 +262,9 @@ def torch_to_variables(
                     mismatched.append(f"{base}: shape {tuple(x.shape)} cannot be split in {n}")
                     continue
                 x = np.split(x, n, axis=0)[k]
+            if rule.torch_shape is not None and tuple(x.shape) != tuple(rule.torch_shape):
+                mismatched.append(f"{key}: checkpoint {tuple(x.shape)} vs expected {tuple(rule.torch_shape)} ({rule.jax})")
+                continue
             try:
                 parts.append(_t2j(np.asarray(x), rule, per_layer_shape))
             except _ShapeMismatch as e:
@@ -299,7 +306,7 @@ def variables_to_torch(variables: dict, rules: Iterable[Rule], constants: Iterab
         per_layer = list(x) if rule.stacked else [x]
         for i, key in enumerate(_layer_keys(rule, len(per_layer))):
             base, k, n = _split_chunk(key)
-            y = _j2t(per_layer[i], rule, None)
+            y = _j2t(per_layer[i], rule, rule.torch_shape)
             if k is None:
                 sd[base] = y
             else:

@@ -88,6 +88,50 @@ def dense(features: int, names: tuple, dtype, param_dtype, use_bias=True, name=N
     )
 
 
+class HeadsIn(nn.Module):
+    """x (..., embed) -> (..., heads, head_dim) with a (embed, heads, head_dim) kernel.
+
+    Written out rather than nn.DenseGeneral: DenseGeneral initialises a flattened 2-D kernel
+    and reshapes it, so a 3-name logical annotation cannot be applied under a mesh."""
+
+    heads: int
+    head_dim: int
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", logical(default_kernel_init, ("embed", "heads", "kv")),
+                            (x.shape[-1], self.heads, self.head_dim), self.param_dtype)
+        y = jnp.einsum("...d,dhk->...hk", x.astype(self.dtype), kernel.astype(self.dtype))
+        if self.use_bias:
+            bias = self.param("bias", logical(nn.initializers.zeros, ("heads", "kv")),
+                              (self.heads, self.head_dim), self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class HeadsOut(nn.Module):
+    """(..., heads, head_dim) -> (..., features) with a (heads, head_dim, embed) kernel."""
+
+    features: int
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", logical(default_kernel_init, ("heads", "kv", "embed")),
+                            (x.shape[-2], x.shape[-1], self.features), self.param_dtype)
+        y = jnp.einsum("...hk,hkd->...d", x.astype(self.dtype), kernel.astype(self.dtype))
+        if self.use_bias:
+            bias = self.param("bias", logical(nn.initializers.zeros, ("embed",)), (self.features,),
+                              self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
 class Attention(nn.Module):
     """Multi-head attention through `jax.nn.dot_product_attention`.
 
@@ -111,36 +155,19 @@ class Attention(nn.Module):
         head_dim = width // self.num_heads
         kv = x if kv is None else kv
 
-        def proj(name, inp, in_axis_name):
-            return nn.DenseGeneral(
-                (self.num_heads, head_dim),
-                use_bias=self.use_bias,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                kernel_init=logical(default_kernel_init, (in_axis_name, "heads", "kv")),
-                bias_init=logical(nn.initializers.zeros, ("heads", "kv")),
-                name=name,
-            )(inp)
+        def proj(name, inp):
+            return HeadsIn(self.num_heads, head_dim, self.use_bias, self.dtype, self.param_dtype, name=name)(inp)
 
-        q = proj("query", x, "embed")
-        k = proj("key", kv, "embed")
-        v = proj("value", kv, "embed")
+        q = proj("query", x)
+        k = proj("key", kv)
+        v = proj("value", kv)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
         k = nn.with_logical_constraint(k, ("batch", "length", "heads", "kv"))
         v = nn.with_logical_constraint(v, ("batch", "length", "heads", "kv"))
         out = jax.nn.dot_product_attention(
             q, k, v, mask=mask, is_causal=is_causal, implementation=self.implementation
         )
-        out = nn.DenseGeneral(
-            width,
-            axis=(-2, -1),
-            use_bias=self.use_bias,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=logical(default_kernel_init, ("heads", "kv", "embed")),
-            bias_init=logical(nn.initializers.zeros, ("embed",)),
-            name="out",
-        )(out)
+        out = HeadsOut(width, self.use_bias, self.dtype, self.param_dtype, name="out")(out)
         return out
 
 

@@ -126,7 +126,3 @@ class VisionTransformer(nn.Module):
         if self.embed_dim is not None:
             embeds = dense(self.embed_dim, ("embed", "proj"), dtype, pdtype, use_bias=False, name="proj")(pooled)
         return dict(tokens=x, pooled=pooled, embeds=embeds, hidden=hidden)
-
-    def final_norm(self, params, tokens):
-        """ln_post applied to every token (HF ViTModel's last_hidden_state)."""
-        return nn.LayerNorm(epsilon=self.cfg.ln_eps).apply({"params": params["ln_post"]}, tokens)

@@ -1,0 +1,89 @@
+"""Mesh from config, logical-axis rules, and the shardings of a pytree.
+
+Models name their axes logically ("embed", "mlp", "heads", "batch", ...); a rule table maps
+those names onto the mesh axes ("data", "fsdp", "tensor"). Changing parallelism is changing
+the mesh sizes or the rules, never the model.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import jax
+import numpy as np
+import flax.linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Data parallel over (data, fsdp); parameters sharded over fsdp on their embedding axis and
+# over tensor on their heads / mlp axes (Megatron-style). Unknown names are replicated.
+DEFAULT_RULES: tuple[tuple[str, object], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("length", None),
+    ("layers", None),
+    ("norm", None),
+    ("proj", None),
+    ("embed_out", None),
+    ("conv_h", None),
+    ("conv_w", None),
+    ("conv_in", None),
+    ("conv_out", "tensor"),
+)
+
+
+def mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
+    """Resolve one -1 axis so that the product equals the device count."""
+    shape = [int(sizes.get(a, 1)) for a in MESH_AXES]
+    unknown = [i for i, s in enumerate(shape) if s == -1]
+    if len(unknown) > 1:
+        raise ValueError(f"mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, shape))}")
+    known = int(np.prod([s for s in shape if s != -1]))
+    if any(s == 0 or s < -1 for s in shape):
+        raise ValueError(f"mesh: axis sizes must be positive or -1, got {dict(zip(MESH_AXES, shape))}")
+    if unknown:
+        if num_devices % known:
+            raise ValueError(f"mesh: {num_devices} devices cannot be split into {dict(zip(MESH_AXES, shape))}")
+        shape[unknown[0]] = num_devices // known
+    if int(np.prod(shape)) != num_devices:
+        raise ValueError(
+            f"mesh {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} devices, {num_devices} available")
+    return tuple(shape)
+
+
+def make_mesh(sizes: Mapping[str, int], devices: Sequence = None) -> Mesh:
+    devices = list(jax.devices() if devices is None else devices)
+    shape = mesh_shape(sizes, len(devices))
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
+                         devices=devices)
+
+
+def rules_from_config(rules) -> tuple[tuple[str, object], ...]:
+    """Config rules are [name, axis] pairs; axis may be None, a mesh axis or a list of them."""
+    if rules is None:
+        return DEFAULT_RULES
+    out = []
+    for name, axis in rules:
+        out.append((name, tuple(axis) if isinstance(axis, (list, tuple)) else axis))
+    return tuple(out)
+
+
+def logical_shardings(abstract_tree, mesh: Mesh, rules) -> object:
+    """NamedShardings for a tree of boxed (nn.Partitioned) abstract values."""
+    specs = nn.get_partition_spec(abstract_tree)
+    return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2, rules=DEFAULT_RULES) -> NamedSharding:
+    """Leading axis over the data axes, the rest replicated."""
+    spec = nn.logical_to_mesh_axes(("batch",) + (None,) * (ndim - 1), rules)
+    return NamedSharding(mesh, spec)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())

@@ -1,0 +1,187 @@
+"""CLIP text tokenisation.
+
+The byte-level BPE itself is done by ``transformers.CLIPTokenizer`` (backed by the Rust
+``tokenizers`` library, so batches are fast); this module only builds it from the vendored
+OpenAI vocabulary (no hub, no files written) and reproduces OpenAI's ``clip.tokenize`` framing:
+``[<|startoftext|>] + bpe + [<|endoftext|>]``, zero padded to ``context_length``.
+
+    ids = tokenize(["a photo of a cat", "a dog"])    # (2, 77) int32
+    detokenize(ids)                                  # ['a photo of a cat', 'a dog']
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import html
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+BPE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "bpe_simple_vocab_16e6.txt.gz")
+SOT_TOKEN = "<|startoftext|>"
+EOT_TOKEN = "<|endoftext|>"
+SOT_ID = 49406
+EOT_ID = 49407
+VOCAB_SIZE = 49408
+# OpenAI keeps the first 49152 - 256 - 2 merges (vocab = 2*256 byte tokens + merges + 2 specials).
+NUM_MERGES = 49152 - 256 - 2
+
+
+@functools.lru_cache(maxsize=None)
+def bytes_to_unicode() -> dict[int, str]:
+    """Byte -> printable unicode char table of GPT-2/CLIP byte-level BPE (OpenAI's order matters:
+    it fixes the ids of the first 512 vocabulary entries)."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    byte_values, code_points = printable[:], printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            byte_values.append(b)
+            code_points.append(256 + extra)
+            extra += 1
+    return dict(zip(byte_values, map(chr, code_points)))
+
+
+@functools.lru_cache(maxsize=None)
+def bpe_merges() -> tuple[tuple[str, str], ...]:
+    """The merge rules in rank order (line 0 of the file is a version header)."""
+    with gzip.open(BPE_PATH, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    return tuple(tuple(line.split()) for line in lines[1 : NUM_MERGES + 1])
+
+
+@functools.lru_cache(maxsize=None)
+def bpe_vocab() -> dict[str, int]:
+    """token -> id, built exactly like OpenAI's SimpleTokenizer.encoder (49408 entries)."""
+    byte_chars = list(bytes_to_unicode().values())
+    tokens = byte_chars + [c + "</w>" for c in byte_chars]
+    tokens += ["".join(m) for m in bpe_merges()]
+    tokens += [SOT_TOKEN, EOT_TOKEN]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    assert len(vocab) == VOCAB_SIZE and vocab[SOT_TOKEN] == SOT_ID and vocab[EOT_TOKEN] == EOT_ID
+    return vocab
+
+
+@functools.lru_cache(maxsize=None)
+def clip_tokenizer():
+    """A ``transformers.CLIPTokenizer`` built in memory from the vendored OpenAI BPE files.
+
+    Cached: treat it as read-only (its ``tokenizers`` backend is thread-safe for encoding).
+    """
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer(vocab=dict(bpe_vocab()), merges=list(bpe_merges()))
+
+
+def openai_clean(text: str) -> str:
+    """OpenAI's ``basic_clean`` + ``whitespace_clean`` + ``lower()``: the cleaning CLIP / open_clip
+    models saw in training.
+
+    Lower-casing here too (the tokenizer's normaliser lower-cases again, harmlessly) because
+    Python's ``str.lower`` is context-aware (final sigma: "ΟΔΟΣ" -> "οδος") while the Rust
+    normaliser maps char by char ("οδοσ"), and OpenAI's ids come from ``str.lower``."""
+    import ftfy
+    import regex
+
+    text = ftfy.fix_text(text)
+    text = html.unescape(html.unescape(text)).strip()
+    # The `regex` module's \s, as OpenAI uses (not `re`'s), so edge-case whitespace matches theirs.
+    return regex.sub(r"\s+", " ", text).strip().lower()
+
+
+_CLEANERS = {"openai": openai_clean, "none": None}
+
+
+def _as_list(texts: str | Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        return [texts]
+    texts = list(texts)
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"texts must be str or a sequence of str; item {bad[0]} is {type(texts[bad[0]]).__name__}")
+    return texts
+
+
+def encode_bpe(texts: str | Sequence[str], clean: str = "openai") -> list[list[int]]:
+    """BPE ids for each text, without start/end tokens and without truncation."""
+    if clean not in _CLEANERS:
+        raise ValueError(f"clean must be one of {sorted(_CLEANERS)}, got {clean!r}")
+    texts = _as_list(texts)
+    cleaner = _CLEANERS[clean]
+    if cleaner is not None:
+        texts = [cleaner(t) for t in texts]
+    backend = clip_tokenizer().backend_tokenizer
+    return [enc.ids for enc in backend.encode_batch(texts, add_special_tokens=False)]
+
+
+def tokenize(
+    texts: str | Sequence[str],
+    context_length: int = 77,
+    truncate: bool = True,
+    clean: str = "openai",
+) -> np.ndarray:
+    """(N, context_length) int32 ids as OpenAI's ``clip.tokenize`` gives them.
+
+    Each row is ``[49406] + bpe + [49407]`` followed by zeros. Rows longer than
+    ``context_length`` are cut with their last id set back to 49407 when ``truncate`` (the
+    default, as open_clip does); otherwise a ValueError names the offending text.
+    ``clean="openai"`` applies OpenAI's ftfy/html/whitespace cleaning first; ``clean="none"``
+    leaves only the tokenizer's own normaliser (NFC, whitespace, lower case).
+    """
+    if context_length < 2:
+        raise ValueError(f"context_length must be >= 2 to hold the start and end tokens, got {context_length}")
+    texts = _as_list(texts)
+    out = np.zeros((len(texts), context_length), dtype=np.int32)
+    for i, ids in enumerate(encode_bpe(texts, clean=clean)):
+        row = [SOT_ID, *ids, EOT_ID]
+        if len(row) > context_length:
+            if not truncate:
+                raise ValueError(
+                    f"Text {i} is {len(row)} tokens long, more than context_length={context_length} "
+                    f"(pass truncate=True to cut it): {texts[i][:80]!r}"
+                )
+            row = row[:context_length]
+            row[-1] = EOT_ID
+        out[i, : len(row)] = row
+    return out
+
+
+def detokenize(ids) -> list[str]:
+    """Text for each row of ids: start token dropped, stopped at the first end token.
+
+    Id 0 is a real token ("!"), so padding is recognised by position (after the end token),
+    not by value.
+    """
+    rows = np.asarray(ids)
+    if rows.ndim == 1:
+        rows = rows[None]
+    tok = clip_tokenizer()
+    texts = []
+    for row in rows.tolist():
+        if row and row[0] == SOT_ID:
+            row = row[1:]
+        if EOT_ID in row:
+            row = row[: row.index(EOT_ID)]
+        texts.append(tok.decode(row, skip_special_tokens=True).strip())
+    return texts
+
+
+def bert_tokenize(texts: str | Sequence[str], tokenizer, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask), both (N, max_length) int32, from a transformers
+    BERT/DistilBERT-style tokenizer: special tokens added, truncated and padded to max_length."""
+    enc = tokenizer(
+        _as_list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="np"
+    )
+    return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)
+
+
+__all__ = [
+    "tokenize", "detokenize", "clip_tokenizer", "encode_bpe", "openai_clean", "bert_tokenize",
+    "bpe_vocab", "bpe_merges", "SOT_ID", "EOT_ID", "VOCAB_SIZE",
+]
