@@ -1,0 +1,95 @@
+"""Any TFDS catalog dataset by name, without surprise downloads.
+
+`tfds.load("cifar10")` on a machine without network retries for a long time instead of
+failing. `load_tfds` only reads what is already prepared under `data_dir` unless asked:
+
+  load_tfds("cifar10", "train", data_dir)                     # prepared: tf.data.Dataset
+  load_tfds("cifar10", "train", data_dir)                     # not prepared: DatasetNotPreparedError
+  load_tfds("cifar10", "train", data_dir, download=True)      # downloads and prepares
+  load_tfds("imagenet2012", "validation", data_dir, manual_dir="/data/imagenet")
+      # prepares from the user's files in manual_dir; any attempt of the builder to fetch a
+      # URL during that preparation raises DownloadNotAllowedError instead of going online
+
+clipjax's own builders ("clipjax_shapes", "clipjax_fashion_mnist") are registered on import of
+this module, and are prepared on demand since they need no network.
+"""
+
+from __future__ import annotations
+
+import os
+
+import tensorflow_datasets as tfds
+
+LOCAL_BUILDERS = ("clipjax_shapes", "clipjax_fashion_mnist")
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+    pass
+
+
+class DownloadNotAllowedError(RuntimeError):
+    pass
+
+
+def _register_local():
+    from clipjax.data import fashion_mnist, shapes_dataset  # noqa: F401  (registers builders)
+
+
+def _no_download(*args, **kwargs):
+    raise DownloadNotAllowedError(
+        "this dataset tried to download files while preparing with download=False; "
+        "pass download=True to allow it, or prepare it elsewhere and copy data_dir")
+
+
+def get_builder(name: str, data_dir: str | os.PathLike, **builder_kwargs):
+    """tfds builder for `name` ("cifar10", "coco_captions/2017", "cifar100:3.0.2", ...)."""
+    _register_local()
+    if data_dir is None:
+        raise ValueError("data_dir is required (no implicit ~/tensorflow_datasets)")
+    return tfds.builder(name, data_dir=os.fspath(data_dir), try_gcs=False, **builder_kwargs)
+
+
+def prepare_tfds(name: str, data_dir, *, download: bool = False, manual_dir: str | None = None,
+                 **builder_kwargs):
+    """Prepare `name` under data_dir when allowed; return the builder. Never touches the
+    network unless download=True."""
+    builder = get_builder(name, data_dir, **builder_kwargs)
+    if builder.is_prepared():
+        return builder
+    base = builder.name.split("/")[0]
+    if download or manual_dir or base in LOCAL_BUILDERS:
+        config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=download)
+        if not download:
+            make = builder._make_download_manager
+
+            def offline_manager(*a, **k):
+                dl = make(*a, **k)
+                for attr in ("download", "download_and_extract", "download_kaggle_data",
+                             "download_checksums"):
+                    if hasattr(dl, attr):
+                        setattr(dl, attr, _no_download)
+                return dl
+
+            builder._make_download_manager = offline_manager
+        builder.download_and_prepare(download_config=config)
+        return builder
+    raise DatasetNotPreparedError(
+        f"TFDS dataset {name!r} ({builder.info.full_name}) is not prepared under "
+        f"{os.fspath(data_dir)} (looked for {builder.data_dir}). clipjax does not download "
+        "implicitly. Either prepare it there (`tfds build "
+        f"{base} --data_dir={os.fspath(data_dir)}` on a machine with network, then copy), call "
+        "load_tfds(..., download=True), or, for manually downloaded datasets such as "
+        "imagenet2012, pass manual_dir= pointing at the archives.")
+
+
+def load_tfds(name: str, split: str, data_dir, *, download: bool = False,
+              manual_dir: str | None = None, shuffle_files: bool = False,
+              read_config=None, decoders=None, builder_kwargs: dict | None = None):
+    """tf.data.Dataset of `split` of TFDS dataset `name` stored under data_dir.
+
+    Raises DatasetNotPreparedError (quickly, without network) when it is not prepared and
+    download is False; split names follow TFDS ("train[:10%]", "validation", ...)."""
+    builder = prepare_tfds(name, data_dir, download=download, manual_dir=manual_dir,
+                           **(builder_kwargs or {}))
+    return builder.as_dataset(split=split, shuffle_files=shuffle_files,
+                              read_config=read_config, decoders=decoders)
