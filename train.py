@@ -2,24 +2,43 @@
 
     python train.py --config configs/default.py --workdir runs/default [--config.total_steps=100]
 
-Re-running with the same --workdir resumes from its latest checkpoint.
+Re-running with the same --workdir resumes from its latest checkpoint. Several processes (one
+per host): see clipjax/train/distributed.py. SIGTERM / Ctrl-C save a checkpoint and exit 0; a
+NaN/Inf loss exits 1 with a message, leaving the last good checkpoint in place.
 """
 
 import logging
+import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "ml_collections config file")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "directory for checkpoints and metrics")
 
 
+def _setup_logging():
+    # Orbax (and JAX) log through absl at INFO: keep their warnings, drop the chatter.
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    clip_log = logging.getLogger("clipjax")
+    clip_log.handlers[:] = [handler]
+    clip_log.setLevel(logging.INFO)
+    clip_log.propagate = False  # absl's root handler would print it a second time
+
+
 def main(argv):
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    from clipjax.train.loop import train
+    _setup_logging()
+    from clipjax.train.loop import NonFiniteLossError, train
 
-    final = train(_CONFIG.value, _WORKDIR.value)
+    try:
+        final = train(_CONFIG.value, _WORKDIR.value)
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     print("final:", {k: round(v, 4) if isinstance(v, float) else v for k, v in final.items()})
 
 

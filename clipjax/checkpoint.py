@@ -79,9 +79,13 @@ def load_clipjax(path: str, step: Optional[int] = None, shardings=None) -> tuple
     cfg = load_config(path, step)
     with ocp.CheckpointManager(path) as mngr:
         if shardings is None:
+            # Restore onto this process's first device whatever mesh wrote it (a checkpoint
+            # of a multi-process run included); np.zeros targets would pin the saved topology.
+            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
             meta = mngr.item_metadata(step)[MODEL_ITEM]
             target = jax.tree_util.tree_map(
-                lambda m: np.zeros(m.shape, m.dtype), meta, is_leaf=lambda m: hasattr(m, "shape"))
+                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta,
+                is_leaf=lambda m: hasattr(m, "shape"))
             restore = ocp.args.StandardRestore(target)
         else:
             restore = ocp.args.StandardRestore(shardings)

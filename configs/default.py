@@ -20,6 +20,12 @@ def get_config():
     c.batch_size = 128  # global
     c.total_steps = 600
     c.loss = "softmax"  # softmax | sigmoid
+    # "global": materialised logits (GSPMD shards them); "ring": shard_map ring over the batch
+    # axes, per-device memory follows the per-device batch (batch_size must divide evenly)
+    c.loss_impl = "global"
+    c.accum_steps = 1  # > 1: GradCache accumulation over that many micro-batches, all negatives kept
+    c.init_from = ""  # a pretrained CLIP to start from (clipjax, transformers or OpenAI layout)
+    c.init_parts = []  # which top-level parts to take from it ("visual", "text", ...); [] = all
 
     c.optimizer = ml_collections.ConfigDict(dict(
         lr=2e-3, warmup_steps=50, weight_decay=0.1, b1=0.9, b2=0.98, eps=1e-6, grad_clip_norm=1.0, freeze=[]))
@@ -32,4 +38,15 @@ def get_config():
     c.eval_examples = 1024
     c.checkpoint_every = 200
     c.keep_checkpoints = 2
+    c.ema_decay = 0.0  # > 0: keep an exponential moving average of the params (saved as item "ema")
+
+    # MFU = FLOPs per step / step time / (peak_flops_per_device x devices). Set the peak for
+    # the hardware (e.g. 989e12 for an H100 in bf16, 197e12 for a TPU v5e chip); the default
+    # is a rough figure for one fp32 CPU core.
+    c.peak_flops_per_device = 1e11
+    c.tensorboard = True  # scalars under WORKDIR/tensorboard when tensorboardX / torch / tf imports
+
+    # Multi-process runs: leave empty under SLURM or on a TPU pod (detected), or set here or via
+    # $CLIPJAX_COORDINATOR / $CLIPJAX_NUM_PROCESSES / $CLIPJAX_PROCESS_ID.
+    c.distributed = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=1, process_id=0))
     return c

@@ -9,7 +9,8 @@ from configs.recipes import clip_recipe
 
 def get_config():
     c = clip_recipe("ViT-B/16", lr=1e-3)
-    c.init_from = ""  # required: pretrained weights for (at least) the image tower
+    c.init_from = ""  # required: a pretrained CLIP (clipjax, transformers or OpenAI layout)
+    c.init_parts = ["visual"]  # LiT: only the image tower is taken from it (and locked)
     c.optimizer.freeze = ["^visual/"]  # parameter-path regexes: the whole image tower is locked
     c.optimizer.weight_decay = 1e-4
     return c

@@ -19,6 +19,7 @@ def clip_recipe(preset: str, lr: float, batch_size: int = 32768, total_steps: in
     c.batch_size = batch_size
     c.total_steps = total_steps
     c.loss = loss
+    c.loss_impl = "ring"  # per-device loss memory independent of the global batch
     c.optimizer = ml_collections.ConfigDict(dict(
         lr=lr, warmup_steps=2000, weight_decay=0.2, b1=0.9, b2=0.98, eps=1e-6, grad_clip_norm=0.0, freeze=[]))
     # Pod scale: bf16 compute with fp32 master weights, full remat of the scanned blocks,

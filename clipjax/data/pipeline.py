@@ -21,34 +21,59 @@ def normalize_uint8(images: np.ndarray) -> np.ndarray:
     return (x - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)
 
 
+def process_rows(sharding, batch_size: int) -> tuple[int, int]:
+    """[start, stop) of the global batch rows this process's devices hold under `sharding`.
+
+    Read from the sharding rather than assumed from the process index, so any device order
+    in the mesh feeds each device the rows GSPMD expects."""
+    idx = sharding.addressable_devices_indices_map((batch_size,))
+    starts = [sl[0].indices(batch_size)[0] for sl in idx.values()]
+    stops = [sl[0].indices(batch_size)[1] for sl in idx.values()]
+    start, stop = min(starts), max(stops)
+    covered = np.zeros(batch_size, bool)
+    for a, b in zip(starts, stops):
+        covered[a:b] = True
+    if not covered[start:stop].all():
+        raise ValueError(f"process {jax.process_index()} holds non-contiguous batch rows; "
+                         "order the mesh devices by process")
+    return start, stop
+
+
 class SyntheticTrainData:
-    """Global batches of procedurally drawn shapes and captions."""
+    """Global batches of procedurally drawn shapes and captions.
+
+    Example `position + i` is global row i of the next batch; each process draws only the
+    rows its devices hold, so the stream is identical for any number of processes."""
 
     def __init__(self, config, cfg, mesh, rules, position: int = 0):
         from clipjax.tokenizer import tokenize
 
         self._tokenize = lambda caps: tokenize(caps, context_length=cfg.text.context_length)
         self.batch_size = int(config.batch_size)
-        nproc = jax.process_count()
-        if self.batch_size % nproc:
-            raise ValueError(f"batch_size {self.batch_size} is not divisible by {nproc} processes")
-        self.local = self.batch_size // nproc
         self.seed = int(config.data.seed)
         self.image_size = cfg.vision.image_size
         self.position = int(position)
         self.img_sharding = shd.batch_sharding(mesh, 4, rules)
         self.ids_sharding = shd.batch_sharding(mesh, 2, rules)
+        self.rows = process_rows(self.img_sharding, self.batch_size)
+        if process_rows(self.ids_sharding, self.batch_size) != self.rows:
+            raise ValueError("image and text batches are sharded differently")
 
     def __iter__(self):
         return self
 
+    def _global(self, sharding, local: np.ndarray):
+        start = self.rows[0]
+        shape = (self.batch_size,) + local.shape[1:]
+        return jax.make_array_from_callback(shape, sharding, lambda index: local[
+            slice(index[0].indices(self.batch_size)[0] - start, index[0].indices(self.batch_size)[1] - start)])
+
     def __next__(self):
-        start = self.position + jax.process_index() * self.local
-        imgs, _, caps = synthetic.draw_batch(self.seed, start, self.local, self.image_size)
+        start, stop = self.rows
+        imgs, _, caps = synthetic.draw_batch(self.seed, self.position + start, stop - start, self.image_size)
         self.position += self.batch_size
-        images = jax.make_array_from_process_local_data(self.img_sharding, normalize_uint8(imgs))
-        ids = jax.make_array_from_process_local_data(self.ids_sharding, self._tokenize(caps))
-        return images, ids
+        return (self._global(self.img_sharding, normalize_uint8(imgs)),
+                self._global(self.ids_sharding, self._tokenize(caps)))
 
 
 def make_train_data(config, cfg, mesh, rules, position: int = 0):

@@ -7,7 +7,6 @@ assembled into global arrays -> jitted step -> Orbax checkpoints in the clipjax 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -22,8 +21,11 @@ import optax
 from flax import struct
 
 from clipjax import sharding as shd
-from clipjax.checkpoint import CONFIG_ITEM, MODEL_ITEM
-from clipjax.losses import sigmoid_loss, softmax_clip_loss
+from clipjax.train import checkpoints as ckpt
+from clipjax.train import metrics as tm
+from clipjax.train.checkpoints import checkpoint_manager, restore, save  # noqa: F401  (public here too)
+from clipjax.losses import contrastive_loss
+from clipjax.train.grad_cache import clip_grad_cache
 from clipjax.models.clip import CLIP
 from clipjax.models.config import CLIPConfig
 from clipjax.train.optimizer import make_optimizer
@@ -35,46 +37,105 @@ class TrainState(struct.PyTreeNode):
     step: jnp.ndarray
     variables: Any  # {"params": ..., ["batch_stats": ...]}
     opt_state: Any
+    rng: jnp.ndarray  # raw uint32 PRNG key, split once per step (saved in checkpoints)
+    ema: Any = None  # exponential moving average of the params (config.ema_decay > 0)
+    nonfinite: jnp.ndarray = None  # 0, or the first step whose loss / gradient was not finite
 
 
 def model_config(config) -> CLIPConfig:
     return CLIPConfig.from_dict(config.model.to_dict())
 
 
-def make_loss_fn(model: CLIP, loss: str):
+def make_loss_fn(model: CLIP, loss: str, impl: str = "global", mesh=None):
+    """(params, other_variables, images, ids, rng) -> (loss, batch-stat updates).
+    impl "ring" computes the contrastive loss with the shard_map ring over the batch axes."""
+
     def loss_fn(params, other, images, ids, rng):
         variables = {"params": params, **other}
         mutable = ["batch_stats"] if "batch_stats" in other else False
         out = model.apply(variables, images, ids, train=True, rngs={"dropout": rng}, mutable=mutable)
         out, updates = out if mutable else (out, {})
-        img, txt = out["image_embeds"], out["text_embeds"]
-        if loss == "softmax":
-            value = softmax_clip_loss(img, txt, params["logit_scale"])
-        elif loss == "sigmoid":
-            value = sigmoid_loss(img, txt, params["logit_scale"], params["logit_bias"])
-        else:
-            raise ValueError(f"unknown loss {loss!r} (softmax | sigmoid)")
+        value = contrastive_loss(loss, impl, out["image_embeds"], out["text_embeds"], params, mesh)
         return value, updates
 
     return loss_fn
 
 
-def make_train_step(model: CLIP, tx: optax.GradientTransformation, loss: str):
-    loss_fn = make_loss_fn(model, loss)
+def make_value_and_grad(model: CLIP, loss: str, impl: str = "global", accum_steps: int = 1, mesh=None):
+    """(params, other, images, ids, rng) -> ((loss, updates), grads). With accum_steps > 1 the
+    gradient is accumulated GradCache-style: every negative of the global batch is kept and
+    only one micro-batch's activations are live at a time."""
+    if accum_steps <= 1:
+        return jax.value_and_grad(make_loss_fn(model, loss, impl, mesh), has_aux=True)
+    fn = clip_grad_cache(model, loss, accum_steps, impl, mesh, train=True)
 
-    def step(state: TrainState, images, ids, rng):
+    def value_and_grad(params, other, images, ids, rng):
+        value, grads = fn(params, other, images, ids, rng)
+        return (value, {}), grads
+
+    return value_and_grad
+
+
+def make_train_step(model: CLIP, tx: optax.GradientTransformation, loss: str, ema_decay: float = 0.0,
+                    loss_impl: str = "global", accum_steps: int = 1, mesh=None):
+    """One guarded update: when the loss or the gradient norm is not finite (or an earlier
+    step's was), the update is dropped — params, optimizer state and EMA keep their last
+    finite values — and `state.nonfinite` records the step, so the state never holds NaNs."""
+    value_and_grad = make_value_and_grad(model, loss, loss_impl, accum_steps, mesh)
+
+    def step(state: TrainState, images, ids):
         params = state.variables["params"]
         other = {k: v for k, v in state.variables.items() if k != "params"}
-        rng = jax.random.fold_in(rng, state.step)
-        (value, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, other, images, ids, rng)
+        rng, step_rng = jax.random.split(state.rng)
+        (value, updates), grads = value_and_grad(params, other, images, ids, step_rng)
+        grad_norm = optax.tree.norm(grads)
+        ok = jnp.isfinite(value) & jnp.isfinite(grad_norm) & (state.nonfinite == 0)
         upd, opt_state = tx.update(grads, state.opt_state, params)
-        params = optax.apply_updates(params, upd)
-        variables = {"params": params, **other, **updates}
-        metrics = {"loss": value, "grad_norm": optax.tree.norm(grads),
-                   "logit_scale": jnp.exp(params["logit_scale"])}
-        return state.replace(step=state.step + 1, variables=variables, opt_state=opt_state), metrics
+        new_params = optax.apply_updates(params, upd)
+        keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
+        variables = keep({"params": new_params, **other, **updates}, state.variables)
+        ema = state.ema
+        if ema is not None:
+            ema = keep(jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, new_params),
+                       ema)
+        nonfinite = jnp.where((state.nonfinite == 0) & ~ok, state.step + 1, state.nonfinite)
+        metrics = {"loss": value, "grad_norm": grad_norm,
+                   "logit_scale": jnp.exp(variables["params"]["logit_scale"]), "nonfinite": nonfinite}
+        new_state = state.replace(step=state.step + 1, variables=variables, opt_state=keep(opt_state, state.opt_state),
+                                  rng=rng, ema=ema, nonfinite=nonfinite)
+        return new_state, metrics
 
     return step
+
+
+def load_pretrained_parts(variables, path: str, parts=None):
+    """Replace top-level parts ("visual", "text", "logit_scale", ...) of freshly initialised,
+    sharded `variables` with those of a pretrained checkpoint (any format clipjax.load reads),
+    placed on the same shardings. Used by LiT (a locked, pretrained image tower)."""
+    from clipjax.api import read_any
+    from clipjax.convert.common import CheckpointError, flatten_variables
+
+    _, loaded = read_any(path)
+    parts = list(parts) if parts else list(loaded["params"])
+    out = {col: dict(tree) for col, tree in variables.items()}
+    for col, tree in loaded.items():
+        for part in parts:
+            if part not in tree:
+                continue
+            if part not in out.get(col, {}):
+                raise CheckpointError(f"init_from {path}: the model has no {col}/{part}")
+            mine, theirs = flatten_variables({part: out[col][part]}), flatten_variables({part: tree[part]})
+            bad = [f"{k}: model {tuple(np.shape(mine.get(k)))} vs checkpoint {tuple(np.shape(v))}"
+                   for k, v in theirs.items() if k not in mine or np.shape(mine[k]) != np.shape(v)]
+            if bad or set(mine) != set(theirs):
+                raise CheckpointError(f"init_from {path}: {col}/{part} does not fit: " + "; ".join(bad[:8]))
+            out[col][part] = jax.tree_util.tree_map(
+                lambda cur, new: jax.device_put(np.asarray(new, cur.dtype), cur.sharding), out[col][part], tree[part])
+    missing = [p for p in parts if not any(p in tree for tree in loaded.values())]
+    if missing:
+        raise CheckpointError(f"init_from {path}: checkpoint has no {missing}")
+    log.info("initialised %s from %s", ", ".join(parts), path)
+    return out
 
 
 def create_state(model: CLIP, cfg: CLIPConfig, config, mesh, rules):
@@ -82,69 +143,46 @@ def create_state(model: CLIP, cfg: CLIPConfig, config, mesh, rules):
     s = cfg.vision.image_size
     dummy = (jnp.zeros((1, s, s, 3), jnp.float32), jnp.zeros((1, cfg.text.context_length), jnp.int32))
     rng = jax.random.PRNGKey(config.seed)
+    rep = shd.replicated(mesh)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         boxed = jax.eval_shape(lambda r: model.init(r, *dummy), rng)
         var_sh = shd.logical_shardings(boxed, mesh, rules)
         variables = jax.jit(lambda r: nn.unbox(model.init(r, *dummy)), out_shardings=var_sh)(rng)
+        if config.get("init_parts") and not config.get("init_from"):
+            raise ValueError("config.init_parts is set but config.init_from is empty: give the pretrained checkpoint")
+        if config.get("init_from"):
+            variables = load_pretrained_parts(variables, config.init_from, config.get("init_parts") or None)
         tx, schedule = make_optimizer(config.optimizer, config.total_steps, variables["params"])
         # optimizer moments inherit the parameters' shardings through GSPMD propagation
         opt_state = jax.jit(tx.init)(variables["params"])
-    state = TrainState(step=jnp.zeros((), jnp.int32), variables=variables, opt_state=opt_state)
+        ema = None
+        if float(config.get("ema_decay", 0.0) or 0.0) > 0:
+            ema = jax.jit(lambda p: jax.tree_util.tree_map(jnp.copy, p), out_shardings=var_sh["params"])(
+                variables["params"])
+    state = TrainState(
+        step=jax.device_put(np.zeros((), np.int32), rep), variables=variables, opt_state=opt_state,
+        rng=jax.device_put(np.asarray(jax.random.PRNGKey(config.seed + 1)), rep), ema=ema,
+        nonfinite=jax.device_put(np.zeros((), np.int32), rep))
     return state, tx, schedule
 
 
-def checkpoint_manager(workdir: str, config):
-    import orbax.checkpoint as ocp
-
-    return ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "checkpoints"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
-                                             enable_async_checkpointing=True),
-    )
-
-
-def save(mngr, state: TrainState, cfg: CLIPConfig, config, data_position: int):
-    import orbax.checkpoint as ocp
-
-    step = int(state.step)
-    mngr.save(step, args=ocp.args.Composite(**{
-        MODEL_ITEM: ocp.args.StandardSave(state.variables),
-        CONFIG_ITEM: ocp.args.JsonSave(cfg.to_dict()),
-        "opt_state": ocp.args.StandardSave(state.opt_state),
-        "train_state": ocp.args.JsonSave({"step": step, "data_position": data_position}),
-        "train_config": ocp.args.JsonSave(json.loads(config.to_json_best_effort())),
-    }), force=True)
-
-
-def restore(mngr, state: TrainState):
-    """Restore the latest finished step onto `state`'s shardings (any mesh)."""
-    import orbax.checkpoint as ocp
-
-    step = mngr.latest_step()
-    if step is None:
-        return state, 0
-    target = lambda tree: jax.tree_util.tree_map(  # noqa: E731
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
-    got = mngr.restore(step, args=ocp.args.Composite(**{
-        MODEL_ITEM: ocp.args.StandardRestore(target(state.variables)),
-        "opt_state": ocp.args.StandardRestore(target(state.opt_state)),
-        "train_state": ocp.args.JsonRestore(),
-    }))
-    meta = got["train_state"]
-    state = state.replace(step=jnp.asarray(meta["step"], jnp.int32), variables=got[MODEL_ITEM],
-                          opt_state=got["opt_state"])
-    return state, int(meta["data_position"])
+class NonFiniteLossError(FloatingPointError):
+    """Training stopped on a NaN/Inf loss or gradient; no checkpoint was written for it."""
 
 
 class _Interrupt:
-    """SIGTERM / SIGINT (preemption) set a flag; the loop saves and exits at the next step."""
+    """SIGTERM / SIGINT (preemption) set a flag; the loop saves and exits at the next step.
 
-    def __init__(self):
+    With several processes SIGTERM is left to JAX's preemption service (installed by
+    jax.distributed.initialize), which all processes poll at the same step."""
+
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
         self.hit = False
+        self._signals = signals
         self._old = {}
 
     def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in self._signals:
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread
@@ -160,19 +198,43 @@ class _Interrupt:
             signal.signal(sig, old)
 
 
-def train(config, workdir: str) -> dict:
-    """Run (or resume) training; returns the final metrics."""
+def _preempted(step: int) -> bool:
+    if jax.process_count() == 1:
+        return False
+    try:
+        from jax.experimental import multihost_utils
+
+        return bool(multihost_utils.reached_preemption_sync_point(step))
+    except Exception:  # preemption service not running
+        return False
+
+
+def _host_copy(tree):
+    """The whole of a (possibly multi-process sharded) tree as host numpy on every process."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def train(config, workdir: str, devices=None) -> dict:
+    """Run (or resume) training; returns the final metrics. `devices` (default: all) is the
+    device list the mesh is built from."""
     from clipjax.data.pipeline import make_train_data
     from clipjax.evaluation.zeroshot import make_periodic_evaluator
+    from clipjax.train.distributed import maybe_initialize_distributed
 
+    maybe_initialize_distributed(config)  # before anything touches a device
     os.makedirs(workdir, exist_ok=True)
     cfg = model_config(config)
     model = CLIP(cfg)
-    mesh = shd.make_mesh(dict(config.mesh))
+    mesh = shd.make_mesh(dict(config.mesh), devices)
+    num_devices = mesh.devices.size
     rules = shd.rules_from_config(config.get("axis_rules"))
     state, tx, schedule = create_state(model, cfg, config, mesh, rules)
-    mngr = checkpoint_manager(workdir, config)
-    state, position = restore(mngr, state)
+    mngr = ckpt.checkpoint_manager(workdir, config)
+    state, position = ckpt.restore(mngr, state)
     start = int(state.step)
     if start:
         log.info("resumed from step %d", start)
@@ -180,46 +242,90 @@ def train(config, workdir: str) -> dict:
     data = make_train_data(config, cfg, mesh, rules, position)
     evaluator = make_periodic_evaluator(config, cfg)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        step_fn = jax.jit(make_train_step(model, tx, config.loss), donate_argnums=(0,))
-    rng = jax.random.PRNGKey(config.seed + 1)
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    history = []
-    last = {}
+        step_fn = jax.jit(make_train_step(model, tx, config.loss, float(config.get("ema_decay", 0.0) or 0.0),
+                                          loss_impl=config.get("loss_impl", "global"),
+                                          accum_steps=int(config.get("accum_steps", 1) or 1), mesh=mesh),
+                          donate_argnums=(0,))
+    writer = tm.MetricsWriter(workdir, tensorboard=bool(config.get("tensorboard", True)))
+    peak = float(config.get("peak_flops_per_device", 0.0) or 0.0)
+    flops: dict = {}
+    last: dict = {}
     t0 = time.time()
-    with _Interrupt() as interrupt, open(metrics_path, "a") as mfile:
-        for step in range(start, config.total_steps):
-            images, ids = next(data)
-            with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-                state, metrics = step_fn(state, images, ids, rng)
-            done = step + 1
-            if done % config.log_every == 0 or done == config.total_steps:
-                metrics = {k: float(v) for k, v in metrics.items()}
-                if not np.isfinite(metrics["loss"]):
-                    raise FloatingPointError(
-                        f"loss is {metrics['loss']} at step {done}; stopping. The last good checkpoint "
-                        f"(step {mngr.latest_step()}) in {workdir} is intact.")
-                dt = time.time() - t0
-                t0 = time.time()
-                n = config.log_every if done % config.log_every == 0 else done % config.log_every
-                metrics.update(step=done, lr=float(schedule(done)), images_per_s=n * config.batch_size / dt,
-                               step_time_s=dt / n)
-                last = metrics
-                history.append(metrics)
-                mfile.write(json.dumps(metrics) + "\n")
-                mfile.flush()
-                log.info("step %d loss %.4f lr %.2e %.1f img/s", done, metrics["loss"], metrics["lr"],
-                         metrics["images_per_s"])
-            if evaluator and (done % config.eval_every == 0 or done == config.total_steps):
-                ev = evaluator(state.variables)
-                ev["step"] = done
-                mfile.write(json.dumps(ev) + "\n")
-                mfile.flush()
-                last.update(ev)
-                log.info("step %d eval %s", done, {k: round(v, 4) for k, v in ev.items() if k != "step"})
-            if done % config.checkpoint_every == 0 or done == config.total_steps or interrupt.hit:
-                save(mngr, state, cfg, config, data.position)
-            if interrupt.hit:
-                break
-    mngr.wait_until_finished()
-    mngr.close()
+    reached = start
+
+    def check(metrics):
+        bad = int(metrics["nonfinite"])
+        if bad:
+            good = ckpt.committed_steps(mngr) if jax.process_index() == 0 else []
+            raise NonFiniteLossError(
+                f"loss or gradient is not finite (NaN/Inf) at step {bad}: stopping without saving it. "
+                f"The last good checkpoint (step {good[0] if good else None}) in "
+                f"{ckpt.checkpoint_dir(workdir)} is intact; lower optimizer.lr or check the data.")
+
+    sigs = (signal.SIGTERM, signal.SIGINT) if jax.process_count() == 1 else (signal.SIGINT,)
+    try:
+        with _Interrupt(sigs) as interrupt:
+            previous = None
+            for step in range(start, config.total_steps):
+                images, ids = next(data)
+                with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+                    if step == start:
+                        compiled = step_fn.lower(state, images, ids).compile()
+                        flops = tm.step_flops(step_fn, compiled, num_devices, state, images, ids)
+                        t0 = time.time()  # compilation is not a step
+                        if flops:
+                            writer.write({"step": step, **flops})
+                    state, metrics = step_fn(state, images, ids)
+                raw = metrics
+                done = reached = step + 1
+                if previous is not None:  # one step behind: no pipeline stall
+                    check(previous)
+                previous = raw
+                if done % config.log_every == 0 or done == config.total_steps:
+                    check(raw)
+                    metrics = {k: float(v) for k, v in raw.items() if k != "nonfinite"}
+                    dt = time.time() - t0
+                    t0 = time.time()
+                    n = config.log_every if done % config.log_every == 0 else done % config.log_every
+                    n = min(n, done - start)
+                    metrics.update(step=done, lr=float(schedule(done - 1)),
+                                   images_per_s=n * config.batch_size / dt, step_time_s=dt / n)
+                    u = tm.mfu(flops.get("flops_per_step"), dt / n, peak, num_devices)
+                    if u is not None:
+                        metrics["mfu"] = u
+                    last = metrics
+                    writer.write(metrics)
+                    log.info("step %d loss %.4f lr %.2e %.1f img/s %.3f s/step%s", done, metrics["loss"],
+                             metrics["lr"], metrics["images_per_s"], metrics["step_time_s"],
+                             f" MFU {100 * u:.1f}%" if u is not None else "")
+                if evaluator and (done % config.eval_every == 0 or done == config.total_steps):
+                    check(raw)
+                    ev = evaluator(_host_copy(state.variables))
+                    ev["step"] = done
+                    writer.write(ev)
+                    last.update(ev)
+                    log.info("step %d eval %s", done, {k: round(v, 4) for k, v in ev.items() if k != "step"})
+                stop = interrupt.hit or _preempted(done)
+                if done % config.checkpoint_every == 0 or done == config.total_steps or stop:
+                    check(raw)  # never save a state that saw a non-finite step
+                    ckpt.save(mngr, state, cfg, config, data.position)
+                if stop:
+                    log.warning("stopped at step %d (checkpoint saved)", done)
+                    writer.write({"step": done, "event": "interrupted"})
+                    break
+            if previous is not None:
+                check(previous)
+    except NonFiniteLossError as e:
+        log.error("%s", e)
+        writer.write({"step": reached, "event": "nonfinite", "message": str(e)})
+        raise
+    finally:
+        mngr.wait_until_finished()
+        mngr.close()
+        writer.close()
+        png = tm.plot_loss_curve(workdir)
+        if png:
+            log.info("loss curve: %s", png)
+    if last:
+        last["step"] = int(last.get("step", reached))
     return last
