@@ -36,3 +36,26 @@ def test_train_runs_checkpoints_and_loads(tmp_path):
     assert [x["step"] for x in lines if "loss" in x] == [2, 4, 6]
     clip = clipjax.load(wd)  # a training workdir loads for inference (latest step)
     assert clip.encode_text(["a red circle"]).shape == (1, 32)
+
+
+def test_evaluate_cli_on_a_run(tmp_path):
+    import subprocess
+    import sys
+
+    from clipjax.train.loop import train
+
+    wd = str(tmp_path / "run")
+    c = _config(4)
+    c.eval_every = 0
+    train(c, wd)
+    root = os.path.join(os.path.dirname(__file__), "..")
+    out = str(tmp_path / "results.json")
+    r = subprocess.run([sys.executable, os.path.join(root, "evaluate.py"), "--checkpoint", wd, "--examples", "128",
+                        "--output", out], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    res = json.load(open(out))
+    assert 0 <= res["top1"] <= res["top5"] <= 1 and "mean_per_class_recall" in res
+    assert res["settings"]["num_classes"] == 24
+    r = subprocess.run([sys.executable, os.path.join(root, "evaluate.py"), "--checkpoint", wd, "--dataset", "nope"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown dataset" in r.stderr and "Traceback" not in r.stderr
