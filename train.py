@@ -32,8 +32,13 @@ def _setup_logging():
 def main(argv):
     del argv
     _setup_logging()
-    from clipjax.train.loop import NonFiniteLossError, train
+    from clipjax.train.loop import NonFiniteLossError, train, validate_config
 
+    try:
+        validate_config(_CONFIG.value)  # a clear message, not a traceback, for a bad config
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     try:
         final = train(_CONFIG.value, _WORKDIR.value)
     except NonFiniteLossError as e:

@@ -66,3 +66,17 @@ def test_init_parts_without_init_from_is_an_error(tmp_path):
     c.init_parts = ["visual"]
     with pytest.raises(ValueError, match="init_from is empty"):
         train(c, str(tmp_path / "x"))
+
+
+def test_bad_config_is_named_before_anything_runs(tmp_path):
+    import pytest
+
+    c = _tiny()
+    c.loss = "hinge"
+    c.log_every = 0
+    c.accum_steps = 3
+    with pytest.raises(ValueError) as e:
+        train(c, str(tmp_path / "x"))
+    msg = str(e.value)
+    assert "loss must be" in msg and "log_every" in msg and "accum_steps=3" in msg
+    assert not os.path.exists(tmp_path / "x")  # nothing written

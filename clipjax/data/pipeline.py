@@ -76,8 +76,145 @@ class SyntheticTrainData:
                 self._global(self.ids_sharding, self._tokenize(caps)))
 
 
+TFDATA_NAMES = ("clipjax_shapes", "clipjax_fashion_mnist", "collection")
+_CAPTION_KEYS = ("captions", "caption", "text", "title")
+
+
+class TFDataTrainData:
+    """Global batches from a tf.data stream: a TFDS dataset under `config.data.data_dir`
+    (clipjax_shapes, clipjax_fashion_mnist, or any prepared TFDS name) or a user collection
+    (`config.data.name="collection"`, `config.data.source`: index files or tar shards).
+
+    Determinism: the global example stream is fixed by the data and `config.data.seed` (records
+    in stored order, repeated, shuffled with a fixed-seed buffer of `config.data.shuffle_buffer`),
+    and example i of that stream (i = examples consumed before it) is global batch row
+    i % batch_size. Each process keeps only the rows its devices hold (filtered on the raw,
+    undecoded records, so it decodes and augments only its own rows), so the stream is the
+    same for any number of processes. Augmentation and caption choice use stateless randomness
+    from (seed, i). Resuming at `position` skips the first `position` records of the stream
+    (before decoding), so it yields exactly the batches an uninterrupted run would.
+
+    Cost note: every process reads (not decodes) every record; for a collection the reader
+    decodes in Python, so every process decodes every example there.
+    """
+
+    def __init__(self, config, cfg, mesh, rules, position: int = 0):
+        from clipjax.tokenizer import tokenize
+
+        self.context_length = cfg.text.context_length
+        self._tokenize = lambda caps: tokenize(caps, context_length=self.context_length)
+        self.batch_size = int(config.batch_size)
+        d = config.data
+        self.seed = int(d.get("seed", 0))
+        self.image_size = cfg.vision.image_size
+        self.position = int(position)
+        if self.position % self.batch_size:
+            raise ValueError(f"position {self.position} is not a multiple of batch_size {self.batch_size}")
+        self.img_sharding = shd.batch_sharding(mesh, 4, rules)
+        self.ids_sharding = shd.batch_sharding(mesh, 2, rules)
+        self.rows = process_rows(self.img_sharding, self.batch_size)
+        if process_rows(self.ids_sharding, self.batch_size) != self.rows:
+            raise ValueError("image and text batches are sharded differently")
+        self.scale = tuple(d.get("crop_scale", None) or (0.9, 1.0))
+        self._ds = self._build(d)
+        self._it = iter(self._ds)
+
+    # ------------------------------------------------------------------ source
+    def _source(self, d):
+        """(tf.data.Dataset of dicts with undecoded/encoded image, image key, caption key,
+        whether the image is already decoded)."""
+        import tensorflow_datasets as tfds
+
+        name = d.name
+        if name == "collection":
+            from clipjax.data.collection import ImageTextCollection
+
+            if not d.get("source"):
+                raise ValueError('config.data.source is required for data.name="collection"')
+            self.collection = ImageTextCollection(d.source, **dict(d.get("collection_kwargs", None) or {}))
+            return self.collection.as_tf_dataset(), "image", "caption", True
+        from clipjax.data import catalog
+
+        data_dir = d.get("data_dir", None)
+        if not data_dir:
+            raise ValueError(f"config.data.data_dir is required for TFDS dataset {name!r}")
+        kwargs = dict(d.get("builder_kwargs", None) or {})
+        if name == "clipjax_shapes":
+            from clipjax.data.shapes_dataset import build_shapes
+
+            builder = build_shapes(data_dir, **kwargs)  # procedural: prepared locally, no download
+        elif name == "clipjax_fashion_mnist":
+            from clipjax.data.fashion_mnist import build_fashion_mnist
+
+            builder = build_fashion_mnist(data_dir, **kwargs)  # from local IDX files
+        else:
+            builder = catalog.prepare_tfds(name, data_dir, download=False, **kwargs)
+        features = builder.info.features
+        image_key = d.get("image_key", None) or "image"
+        caption_key = d.get("caption_key", None) or next((k for k in _CAPTION_KEYS if k in features), None)
+        if image_key not in features or caption_key is None or caption_key not in features:
+            raise ValueError(f"{name}: need an image feature and a caption feature; has {sorted(features)} "
+                             "(set config.data.image_key / config.data.caption_key)")
+        decoders = tfds.decode.PartialDecoding(
+            {image_key: True, caption_key: True}, decoders={image_key: tfds.decode.SkipDecoding()})
+        ds = builder.as_dataset(split=d.get("split", None) or "train", shuffle_files=False, decoders=decoders)
+        return ds, image_key, caption_key, False
+
+    def _build(self, d):
+        import tensorflow as tf
+
+        from clipjax.data import augment
+
+        ds, image_key, caption_key, decoded = self._source(d)
+        B, (start, stop) = self.batch_size, self.rows
+        seed, size, scale = self.seed, self.image_size, self.scale
+        buffer = int(d.get("shuffle_buffer", 10_000) or 0)
+        ds = ds.repeat()
+        if buffer > 1:
+            ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+        ds = ds.skip(self.position).enumerate(start=self.position)
+        if (start, stop) != (0, B):
+            ds = ds.filter(lambda i, ex: tf.logical_and(i % B >= start, i % B < stop))
+
+        def prepare(i, ex):
+            image = ex[image_key]
+            if not decoded:
+                image = tf.io.decode_image(image, channels=3, expand_animations=False)
+            image = augment.train_transform(image, augment.example_seed(seed, i, 0), size, scale=scale)
+            cap = ex[caption_key]
+            if cap.shape.rank == 1:  # several captions: one at random, per example
+                n = tf.shape(cap)[0]
+                j = tf.random.stateless_uniform([], augment.example_seed(seed, i, 1), 0, n, dtype=tf.int32)
+                cap = cap[j]
+            return image, cap
+
+        ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(stop - start, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        opts = tf.data.Options()
+        opts.deterministic = True
+        return ds.with_options(opts)
+
+    # ------------------------------------------------------------------ iteration
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        images, caps = next(self._it)
+        caps = [c.decode("utf-8") for c in caps.numpy()]
+        local_imgs = np.asarray(images.numpy(), np.float32)
+        local_ids = self._tokenize(caps)
+        self.position += self.batch_size
+        shape_i = (self.batch_size,) + local_imgs.shape[1:]
+        shape_t = (self.batch_size,) + local_ids.shape[1:]
+        return (jax.make_array_from_process_local_data(self.img_sharding, local_imgs, shape_i),
+                jax.make_array_from_process_local_data(self.ids_sharding, local_ids, shape_t))
+
+
 def make_train_data(config, cfg, mesh, rules, position: int = 0):
     name = config.data.name
     if name == "synthetic_shapes":
         return SyntheticTrainData(config, cfg, mesh, rules, position)
-    raise ValueError(f"unknown dataset {name!r}; available: synthetic_shapes")
+    if name in TFDATA_NAMES or config.data.get("data_dir", None):
+        return TFDataTrainData(config, cfg, mesh, rules, position)
+    raise ValueError(f"unknown dataset {name!r}; available: synthetic_shapes, {', '.join(TFDATA_NAMES)}, "
+                     "or any prepared TFDS name with config.data.data_dir")

@@ -218,6 +218,25 @@ def _host_copy(tree):
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
+def validate_config(config) -> None:
+    """Fail at start, with the key named, on settings the loop cannot run."""
+    problems = []
+    for key in ("total_steps", "batch_size", "log_every"):
+        if int(config.get(key, 0) or 0) <= 0:
+            problems.append(f"{key} must be a positive integer (got {config.get(key)!r})")
+    if config.get("loss") not in ("softmax", "sigmoid"):
+        problems.append(f"loss must be 'softmax' or 'sigmoid' (got {config.get('loss')!r})")
+    if config.get("loss_impl", "global") not in ("global", "ring"):
+        problems.append(f"loss_impl must be 'global' or 'ring' (got {config.get('loss_impl')!r})")
+    accum = int(config.get("accum_steps", 1) or 1)
+    if accum < 1 or (int(config.get("batch_size", 0) or 0) % accum):
+        problems.append(f"accum_steps={accum} must be >= 1 and divide batch_size={config.get('batch_size')}")
+    if config.get("loss") == "sigmoid" and config.model.get("logit_bias_init") is None:
+        problems.append("loss='sigmoid' needs model.logit_bias_init (e.g. -10)")
+    if problems:
+        raise ValueError("bad training config:\n  " + "\n  ".join(problems))
+
+
 def train(config, workdir: str, devices=None) -> dict:
     """Run (or resume) training; returns the final metrics. `devices` (default: all) is the
     device list the mesh is built from."""
@@ -225,6 +244,7 @@ def train(config, workdir: str, devices=None) -> dict:
     from clipjax.evaluation.zeroshot import make_periodic_evaluator
     from clipjax.train.distributed import maybe_initialize_distributed
 
+    validate_config(config)
     maybe_initialize_distributed(config)  # before anything touches a device
     os.makedirs(workdir, exist_ok=True)
     cfg = model_config(config)
@@ -298,7 +318,7 @@ def train(config, workdir: str, devices=None) -> dict:
                     log.info("step %d loss %.4f lr %.2e %.1f img/s %.3f s/step%s", done, metrics["loss"],
                              metrics["lr"], metrics["images_per_s"], metrics["step_time_s"],
                              f" MFU {100 * u:.1f}%" if u is not None else "")
-                if evaluator and (done % config.eval_every == 0 or done == config.total_steps):
+                if evaluator and (done % max(1, config.eval_every) == 0 or done == config.total_steps):
                     check(raw)
                     ev = evaluator(_host_copy(state.variables))
                     ev["step"] = done
@@ -306,7 +326,7 @@ def train(config, workdir: str, devices=None) -> dict:
                     last.update(ev)
                     log.info("step %d eval %s", done, {k: round(v, 4) for k, v in ev.items() if k != "step"})
                 stop = interrupt.hit or _preempted(done)
-                if done % config.checkpoint_every == 0 or done == config.total_steps or stop:
+                if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.total_steps or stop:
                     check(raw)  # never save a state that saw a non-finite step
                     ckpt.save(mngr, state, cfg, config, data.position)
                 if stop:
