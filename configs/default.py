@@ -15,7 +15,10 @@ def get_config():
     model["text"]["context_length"] = 16  # captions are short; fewer positions, faster steps
     c.model = ml_collections.ConfigDict(model)
 
-    c.data = ml_collections.ConfigDict(dict(name="synthetic_shapes", seed=0))
+    # name: synthetic_shapes (built-in stream) | clipjax_shapes | clipjax_fashion_mnist | collection |
+    # any prepared TFDS name (with data_dir). source: CSV/TSV/JSONL index or tar-shard glob.
+    c.data = ml_collections.ConfigDict(dict(name="synthetic_shapes", seed=0, data_dir="", source="", split="train",
+                                            shuffle_buffer=10_000))
     c.seed = 0
     c.batch_size = 128  # global
     c.total_steps = 600
