@@ -13,8 +13,6 @@ import argparse
 import json
 import sys
 
-import numpy as np
-
 TASKS = ("zeroshot",)
 DATASETS = ("synthetic_shapes",)
 SYNTHETIC_TEMPLATES = ("a photo of a {}", "a {}", "there is a {} in the picture")
@@ -34,18 +32,10 @@ def load_dataset(name: str, split: str, examples: int, image_size: int):
 
 
 def zeroshot(clip, images, labels, classnames, templates, batch_size: int = 128) -> dict:
-    from clipjax.evaluation.zeroshot import topk_accuracy
+    from clipjax.evaluation.zeroshot import classification_metrics, text_classifier
 
-    prompts = [t.format(c) for c in classnames for t in templates]
-    txt = clip.encode_text(prompts).reshape(len(classnames), len(templates), -1).mean(1)
-    txt /= np.linalg.norm(txt, axis=-1, keepdims=True)
-    img = clip.encode_image(images, batch_size=batch_size)
-    logits = img @ txt.T
-    out = topk_accuracy(logits, labels)
-    pred = logits.argmax(1)
-    recalls = [np.mean(pred[labels == c] == c) for c in range(len(classnames)) if np.any(labels == c)]
-    out["mean_per_class_recall"] = float(np.mean(recalls))
-    return out
+    txt = text_classifier(clip.encode_text, classnames, templates)
+    return classification_metrics(clip.encode_image(images, batch_size=batch_size) @ txt.T, labels)
 
 
 def main(argv=None) -> int:
