@@ -2,6 +2,15 @@
 # Creates .venv with everything clipjax, its tests and benchmarks need. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")"
+
+# Real data with no network: Debian's Fashion-MNIST IDX files (/usr/share/datasets/fashion-mnist),
+# read by the clipjax_fashion_mnist builder, its tests and configs/clip_fashion_mnist.py.
+if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
+  { $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; } \
+    || echo "setup.sh: could not install dataset-fashion-mnist (Fashion-MNIST tests will be skipped)" >&2
+fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip

@@ -185,3 +185,63 @@ __all__ = [
     "tokenize", "detokenize", "clip_tokenizer", "encode_bpe", "openai_clean", "bert_tokenize",
     "bpe_vocab", "bpe_merges", "SOT_ID", "EOT_ID", "VOCAB_SIZE",
 ]
+
+
+# ---------------------------------------------------------------------------------------------
+# One callable per text tower: strings -> int32 ids, whatever the tokenizer
+# ---------------------------------------------------------------------------------------------
+
+
+def wordpiece_tokenizer(path: str | os.PathLike, lowercase: bool = True):
+    """transformers' BertTokenizer (WordPiece in the Rust `tokenizers` library) from local
+    files: a saved transformers tokenizer directory (tokenizer.json / tokenizer_config.json),
+    a directory holding only a vocab.txt, or a vocab.txt file. Never touches the hub."""
+    from transformers import AutoTokenizer, BertTokenizer
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        if any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
+            return AutoTokenizer.from_pretrained(path, local_files_only=True)
+        path = os.path.join(path, "vocab.txt")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"WordPiece vocabulary {path!r} does not exist (give a vocab.txt or a saved "
+                                "transformers tokenizer directory)")
+    # transformers 5 takes the vocabulary as `vocab=` (a `vocab_file=` keyword is ignored)
+    return BertTokenizer(vocab=path, do_lower_case=lowercase)
+
+
+def make_text_tokenizer(text_cfg, tokenizer_path: str | os.PathLike | None = None):
+    """`texts -> (N, context_length) int32 ids` for a text tower config.
+
+    causal (CLIP): OpenAI's BPE framing (`tokenize`). bert / distilbert: WordPiece from
+    `tokenizer_path` ([CLS] text [SEP], padded with the vocabulary's [PAD] and truncated to
+    context_length); the towers' padding mask is `ids != text_cfg.pad_token_id`, so the pad id
+    of the vocabulary must match the config (checked here)."""
+    length = int(text_cfg.context_length)
+    if text_cfg.kind == "causal":
+        return lambda texts: tokenize(texts, context_length=length)
+    if not tokenizer_path:
+        raise ValueError(f"a {text_cfg.kind} text tower needs a WordPiece tokenizer: set the tokenizer path "
+                         "(config.data.tokenizer: a vocab.txt or a saved transformers tokenizer directory)")
+    tok = wordpiece_tokenizer(tokenizer_path)
+    if tok.pad_token_id != text_cfg.pad_token_id:
+        raise ValueError(f"tokenizer {tokenizer_path}: [PAD] id {tok.pad_token_id} != model pad_token_id "
+                         f"{text_cfg.pad_token_id}")
+    if len(tok) > text_cfg.vocab_size:
+        raise ValueError(f"tokenizer {tokenizer_path} has {len(tok)} tokens, the model's vocab_size is "
+                         f"{text_cfg.vocab_size}")
+
+    def encode(texts):
+        enc = tok(_as_list(texts), padding="max_length", truncation=True, max_length=length,
+                  return_attention_mask=False, return_token_type_ids=False)
+        return np.asarray(enc["input_ids"], np.int32).reshape(-1, length)
+
+    return encode
+
+
+def text_attention_mask(text_cfg, ids):
+    """Padding mask for bidirectional (BERT-family) towers, None for causal CLIP towers
+    (which pool at the end token and never look past it)."""
+    if text_cfg.kind == "causal":
+        return None
+    return (ids != text_cfg.pad_token_id).astype(ids.dtype)

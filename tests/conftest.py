@@ -6,6 +6,13 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# TFDS datasets the tests build (small clipjax_shapes variants) go to a per-session directory,
+# never into the user's ~/tensorflow_datasets; subprocesses inherit it.
+if "CLIPJAX_TEST_TFDS_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["CLIPJAX_TEST_TFDS_DIR"] = tempfile.mkdtemp(prefix="clipjax-tests-tfds-")
+os.environ["TFDS_DATA_DIR"] = os.environ["CLIPJAX_TEST_TFDS_DIR"]
 
 import jax  # noqa: E402
 

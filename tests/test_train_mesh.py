@@ -11,6 +11,7 @@ from clipjax import sharding as shd
 from clipjax.data.pipeline import make_train_data
 from clipjax.train import checkpoints as ckpt
 from clipjax.train import loop
+from test_train_smoke import TINY_SHAPES
 
 
 def _config():
@@ -21,6 +22,7 @@ def _config():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     c = mod.get_config()
+    c.data.shapes.update(TINY_SHAPES)
     c.total_steps = 4
     c.batch_size = 16
     c.optimizer.warmup_steps = 0  # lr > 0 on the first step, so the update is visible

@@ -9,11 +9,12 @@ import sys
 import numpy as np
 
 from clipjax.checkpoint import load_clipjax
+from test_train_smoke import TINY_SHAPES_ARGS
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 ARGS = ["--config.total_steps=6", "--config.batch_size=16", "--config.log_every=2", "--config.eval_every=6",
         "--config.eval_examples=64", "--config.checkpoint_every=3", "--config.optimizer.warmup_steps=1",
-        "--config.tensorboard=False", "--config.mesh.data=-1", "--config.mesh.fsdp=2"]
+        "--config.tensorboard=False", "--config.mesh.data=-1", "--config.mesh.fsdp=2", *TINY_SHAPES_ARGS]
 
 
 def _free_port() -> int:

@@ -14,6 +14,7 @@ import pytest
 
 from clipjax.checkpoint import load_clipjax
 from clipjax.train.checkpoints import is_committed
+from test_train_smoke import TINY_SHAPES_ARGS
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 TOTAL = 16
@@ -34,7 +35,7 @@ def _launch(workdir, *extra, total=TOTAL):
     cmd = [sys.executable, "train.py", "--config", "configs/default.py", "--workdir", str(workdir),
            f"--config.total_steps={total}", "--config.batch_size=16", "--config.log_every=1",
            "--config.eval_every=0", f"--config.checkpoint_every={EVERY}", "--config.keep_checkpoints=2",
-           "--config.optimizer.warmup_steps=2", "--config.tensorboard=False", *extra]
+           "--config.optimizer.warmup_steps=2", "--config.tensorboard=False", *TINY_SHAPES_ARGS, *extra]
     return subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -8,6 +8,11 @@ import numpy as np
 import clipjax
 
 
+# A small clipjax_shapes variant (built in ~1 s into the session's TFDS dir, see conftest).
+TINY_SHAPES = dict(image_size=32, num_train=256, num_validation=64, num_test=64)
+TINY_SHAPES_ARGS = [f"--config.data.shapes.{k}={v}" for k, v in TINY_SHAPES.items()]
+
+
 def _config(total_steps=6):
     import importlib.util
 
@@ -17,6 +22,7 @@ def _config(total_steps=6):
     spec.loader.exec_module(mod)
     c = mod.get_config()
     c.total_steps = total_steps
+    c.data.shapes.update(TINY_SHAPES)
     c.batch_size = 16
     c.log_every = 2
     c.eval_every = 6

@@ -41,12 +41,19 @@ def _no_download(*args, **kwargs):
         "pass download=True to allow it, or prepare it elsewhere and copy data_dir")
 
 
-def get_builder(name: str, data_dir: str | os.PathLike, **builder_kwargs):
-    """tfds builder for `name` ("cifar10", "coco_captions/2017", "cifar100:3.0.2", ...)."""
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
+    """`data_dir`, or when empty TFDS's own default: $TFDS_DATA_DIR, else ~/tensorflow_datasets
+    (read at call time, so a test or a user can point everything elsewhere with the variable)."""
+    if data_dir:
+        return os.fspath(data_dir)
+    return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+
+
+def get_builder(name: str, data_dir: str | os.PathLike | None, **builder_kwargs):
+    """tfds builder for `name` ("cifar10", "coco_captions/2017", "cifar100:3.0.2", ...);
+    an empty data_dir means TFDS's default directory (see resolve_data_dir)."""
     _register_local()
-    if data_dir is None:
-        raise ValueError("data_dir is required (no implicit ~/tensorflow_datasets)")
-    return tfds.builder(name, data_dir=os.fspath(data_dir), try_gcs=False, **builder_kwargs)
+    return tfds.builder(name, data_dir=resolve_data_dir(data_dir), try_gcs=False, **builder_kwargs)
 
 
 def prepare_tfds(name: str, data_dir, *, download: bool = False, manual_dir: str | None = None,
@@ -75,9 +82,9 @@ def prepare_tfds(name: str, data_dir, *, download: bool = False, manual_dir: str
         return builder
     raise DatasetNotPreparedError(
         f"TFDS dataset {name!r} ({builder.info.full_name}) is not prepared under "
-        f"{os.fspath(data_dir)} (looked for {builder.data_dir}). clipjax does not download "
+        f"{resolve_data_dir(data_dir)} (looked for {builder.data_dir}). clipjax does not download "
         "implicitly. Either prepare it there (`tfds build "
-        f"{base} --data_dir={os.fspath(data_dir)}` on a machine with network, then copy), call "
+        f"{base} --data_dir={resolve_data_dir(data_dir)}` on a machine with network, then copy), call "
         "load_tfds(..., download=True), or, for manually downloaded datasets such as "
         "imagenet2012, pass manual_dir= pointing at the archives.")
 

@@ -173,9 +173,11 @@ class ClipjaxFashionMnist(tfds.core.GeneratorBasedBuilder):
             }
 
 
-def build_fashion_mnist(data_dir: str | os.PathLike, source_dir: str | None = None):
+def build_fashion_mnist(data_dir: str | os.PathLike | None = None, source_dir: str | None = None):
     """Prepare clipjax_fashion_mnist under data_dir (no-op when present); return the builder."""
-    builder = ClipjaxFashionMnist(data_dir=os.fspath(data_dir), source_dir=source_dir)
+    from clipjax.data.catalog import resolve_data_dir
+
+    builder = ClipjaxFashionMnist(data_dir=resolve_data_dir(data_dir), source_dir=source_dir)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     return builder

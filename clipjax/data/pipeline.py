@@ -11,7 +11,6 @@ import jax
 import numpy as np
 
 from clipjax import sharding as shd
-from clipjax.data import synthetic
 from clipjax.preprocess import CLIP_MEAN, CLIP_STD
 
 
@@ -39,43 +38,6 @@ def process_rows(sharding, batch_size: int) -> tuple[int, int]:
     return start, stop
 
 
-class SyntheticTrainData:
-    """Global batches of procedurally drawn shapes and captions.
-
-    Example `position + i` is global row i of the next batch; each process draws only the
-    rows its devices hold, so the stream is identical for any number of processes."""
-
-    def __init__(self, config, cfg, mesh, rules, position: int = 0):
-        from clipjax.tokenizer import tokenize
-
-        self._tokenize = lambda caps: tokenize(caps, context_length=cfg.text.context_length)
-        self.batch_size = int(config.batch_size)
-        self.seed = int(config.data.seed)
-        self.image_size = cfg.vision.image_size
-        self.position = int(position)
-        self.img_sharding = shd.batch_sharding(mesh, 4, rules)
-        self.ids_sharding = shd.batch_sharding(mesh, 2, rules)
-        self.rows = process_rows(self.img_sharding, self.batch_size)
-        if process_rows(self.ids_sharding, self.batch_size) != self.rows:
-            raise ValueError("image and text batches are sharded differently")
-
-    def __iter__(self):
-        return self
-
-    def _global(self, sharding, local: np.ndarray):
-        start = self.rows[0]
-        shape = (self.batch_size,) + local.shape[1:]
-        return jax.make_array_from_callback(shape, sharding, lambda index: local[
-            slice(index[0].indices(self.batch_size)[0] - start, index[0].indices(self.batch_size)[1] - start)])
-
-    def __next__(self):
-        start, stop = self.rows
-        imgs, _, caps = synthetic.draw_batch(self.seed, self.position + start, stop - start, self.image_size)
-        self.position += self.batch_size
-        return (self._global(self.img_sharding, normalize_uint8(imgs)),
-                self._global(self.ids_sharding, self._tokenize(caps)))
-
-
 TFDATA_NAMES = ("clipjax_shapes", "clipjax_fashion_mnist", "collection")
 _CAPTION_KEYS = ("captions", "caption", "text", "title")
 
@@ -99,10 +61,12 @@ class TFDataTrainData:
     """
 
     def __init__(self, config, cfg, mesh, rules, position: int = 0):
-        from clipjax.tokenizer import tokenize
+        from clipjax.tokenizer import make_text_tokenizer
 
         self.context_length = cfg.text.context_length
-        self._tokenize = lambda caps: tokenize(caps, context_length=self.context_length)
+        # CLIP BPE for causal towers, WordPiece (config.data.tokenizer) for BERT towers
+        self._tokenize = make_text_tokenizer(cfg.text, config.data.get("tokenizer", None))
+        self.collection = None
         self.batch_size = int(config.batch_size)
         d = config.data
         self.seed = int(d.get("seed", 0))
@@ -133,22 +97,8 @@ class TFDataTrainData:
                 raise ValueError('config.data.source is required for data.name="collection"')
             self.collection = ImageTextCollection(d.source, **dict(d.get("collection_kwargs", None) or {}))
             return self.collection.as_tf_dataset(), "image", "caption", True
-        from clipjax.data import catalog
-
-        data_dir = d.get("data_dir", None)
-        if not data_dir:
-            raise ValueError(f"config.data.data_dir is required for TFDS dataset {name!r}")
-        kwargs = dict(d.get("builder_kwargs", None) or {})
-        if name == "clipjax_shapes":
-            from clipjax.data.shapes_dataset import build_shapes
-
-            builder = build_shapes(data_dir, **kwargs)  # procedural: prepared locally, no download
-        elif name == "clipjax_fashion_mnist":
-            from clipjax.data.fashion_mnist import build_fashion_mnist
-
-            builder = build_fashion_mnist(data_dir, **kwargs)  # from local IDX files
-        else:
-            builder = catalog.prepare_tfds(name, data_dir, download=False, **kwargs)
+        data_dir = d.get("data_dir", None) or None  # None: TFDS's default directory
+        builder = prepare_once(name, data_dir, builder_kwargs(d, name))
         features = builder.info.features
         image_key = d.get("image_key", None) or "image"
         caption_key = d.get("caption_key", None) or next((k for k in _CAPTION_KEYS if k in features), None)
@@ -198,6 +148,10 @@ class TFDataTrainData:
     def __iter__(self):
         return self
 
+    def counts(self) -> dict | None:
+        """A collection's decode counters (converted / skipped examples so far), else None."""
+        return self.collection.counts.as_dict() if self.collection is not None else None
+
     def __next__(self):
         images, caps = next(self._it)
         caps = [c.decode("utf-8") for c in caps.numpy()]
@@ -210,11 +164,45 @@ class TFDataTrainData:
                 jax.make_array_from_process_local_data(self.ids_sharding, local_ids, shape_t))
 
 
+def builder_kwargs(data_config, name: str) -> dict:
+    """Keyword arguments for the TFDS builder of `name`: config.data.builder_kwargs, plus
+    config.data.shapes (image_size, num_train, ...) for clipjax_shapes."""
+    kwargs = dict(data_config.get("builder_kwargs", None) or {})
+    if name == "clipjax_shapes":
+        kwargs = {**dict(data_config.get("shapes", None) or {}), **kwargs}
+    return kwargs
+
+
+def prepare_once(name: str, data_dir, builder_kwargs: dict):
+    """The prepared TFDS builder for `name`. clipjax's own datasets are generated here when
+    missing (no network); other names must already be prepared (catalog never downloads).
+    With several processes, process 0 prepares first and the others wait for it, so they never
+    race writing the same files (a shared filesystem is assumed, as TFDS does)."""
+    from clipjax.data import catalog
+
+    def build():
+        if name == "clipjax_shapes":
+            from clipjax.data.shapes_dataset import build_shapes
+
+            return build_shapes(data_dir, **builder_kwargs)  # procedural
+        if name == "clipjax_fashion_mnist":
+            from clipjax.data.fashion_mnist import build_fashion_mnist
+
+            return build_fashion_mnist(data_dir, **builder_kwargs)  # from local IDX files
+        return catalog.prepare_tfds(name, data_dir, download=False, **builder_kwargs)
+
+    if jax.process_count() == 1:
+        return build()
+    from jax.experimental import multihost_utils
+
+    builder = build() if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices(f"clipjax prepared {name}")
+    return builder if builder is not None else build()
+
+
 def make_train_data(config, cfg, mesh, rules, position: int = 0):
-    name = config.data.name
-    if name == "synthetic_shapes":
-        return SyntheticTrainData(config, cfg, mesh, rules, position)
-    if name in TFDATA_NAMES or config.data.get("data_dir", None):
-        return TFDataTrainData(config, cfg, mesh, rules, position)
-    raise ValueError(f"unknown dataset {name!r}; available: synthetic_shapes, {', '.join(TFDATA_NAMES)}, "
-                     "or any prepared TFDS name with config.data.data_dir")
+    """The training stream named by config.data.name: clipjax_shapes (default, built on first
+    use), clipjax_fashion_mnist, collection, or any prepared TFDS dataset."""
+    if not config.data.get("name"):
+        raise ValueError(f"config.data.name is empty; use one of {', '.join(TFDATA_NAMES)} or a TFDS name")
+    return TFDataTrainData(config, cfg, mesh, rules, position)

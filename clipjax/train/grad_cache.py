@@ -134,6 +134,7 @@ def clip_embed_fns(model, other_variables=None, train: bool = True):
     Raises ValueError for BatchNorm towers in training mode (see the module docstring).
     """
     from clipjax.models.clip import CLIP
+    from clipjax.tokenizer import text_attention_mask
 
     other = dict(other_variables or {})
     if train and "batch_stats" in other:
@@ -154,7 +155,7 @@ def clip_embed_fns(model, other_variables=None, train: bool = True):
         if isinstance(ids, dict):
             ids, mask = ids["ids"], ids.get("attention_mask")
         else:
-            mask = None
+            mask = text_attention_mask(model.cfg.text, ids)  # BERT towers: ids != [PAD]
         return model.apply({"params": params, **other}, ids, attention_mask=mask, train=train, normalize=True,
                            method=CLIP.encode_text, rngs=rngs(key))
 

@@ -28,6 +28,7 @@ from clipjax.losses import contrastive_loss
 from clipjax.train.grad_cache import clip_grad_cache
 from clipjax.models.clip import CLIP
 from clipjax.models.config import CLIPConfig
+from clipjax.tokenizer import text_attention_mask
 from clipjax.train.optimizer import make_optimizer
 
 log = logging.getLogger("clipjax.train")
@@ -53,7 +54,9 @@ def make_loss_fn(model: CLIP, loss: str, impl: str = "global", mesh=None):
     def loss_fn(params, other, images, ids, rng):
         variables = {"params": params, **other}
         mutable = ["batch_stats"] if "batch_stats" in other else False
-        out = model.apply(variables, images, ids, train=True, rngs={"dropout": rng}, mutable=mutable)
+        mask = text_attention_mask(model.cfg.text, ids)  # None for causal towers
+        out = model.apply(variables, images, ids, attention_mask=mask, train=True, rngs={"dropout": rng},
+                          mutable=mutable)
         out, updates = out if mutable else (out, {})
         value = contrastive_loss(loss, impl, out["image_embeds"], out["text_embeds"], params, mesh)
         return value, updates
@@ -209,15 +212,6 @@ def _preempted(step: int) -> bool:
         return False
 
 
-def _host_copy(tree):
-    """The whole of a (possibly multi-process sharded) tree as host numpy on every process."""
-    if jax.process_count() == 1:
-        return jax.device_get(tree)
-    from jax.experimental import multihost_utils
-
-    return multihost_utils.process_allgather(tree, tiled=True)
-
-
 def validate_config(config) -> None:
     """Fail at start, with the key named, on settings the loop cannot run."""
     problems = []
@@ -241,7 +235,7 @@ def train(config, workdir: str, devices=None) -> dict:
     """Run (or resume) training; returns the final metrics. `devices` (default: all) is the
     device list the mesh is built from."""
     from clipjax.data.pipeline import make_train_data
-    from clipjax.evaluation.zeroshot import make_periodic_evaluator
+    from clipjax.evaluation.periodic import make_periodic_evaluator
     from clipjax.train.distributed import maybe_initialize_distributed
 
     validate_config(config)
@@ -260,7 +254,7 @@ def train(config, workdir: str, devices=None) -> dict:
         log.info("resumed from step %d", start)
 
     data = make_train_data(config, cfg, mesh, rules, position)
-    evaluator = make_periodic_evaluator(config, cfg)
+    evaluator = make_periodic_evaluator(config, cfg, mesh, rules)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         step_fn = jax.jit(make_train_step(model, tx, config.loss, float(config.get("ema_decay", 0.0) or 0.0),
                                           loss_impl=config.get("loss_impl", "global"),
@@ -313,6 +307,12 @@ def train(config, workdir: str, devices=None) -> dict:
                     u = tm.mfu(flops.get("flops_per_step"), dt / n, peak, num_devices)
                     if u is not None:
                         metrics["mfu"] = u
+                    counts = data.counts() if hasattr(data, "counts") else None
+                    if counts:  # a collection: what the decoder converted or skipped so far
+                        metrics.update({f"data/{k}": v for k, v in counts.items()})
+                        skipped = {k: v for k, v in counts.items() if k.startswith("skipped_") and v}
+                        if skipped:
+                            log.info("data: %d examples decoded, skipped so far %s", counts.get("decoded", 0), skipped)
                     last = metrics
                     writer.write(metrics)
                     log.info("step %d loss %.4f lr %.2e %.1f img/s %.3f s/step%s", done, metrics["loss"],
@@ -320,7 +320,7 @@ def train(config, workdir: str, devices=None) -> dict:
                              f" MFU {100 * u:.1f}%" if u is not None else "")
                 if evaluator and (done % max(1, config.eval_every) == 0 or done == config.total_steps):
                     check(raw)
-                    ev = evaluator(_host_copy(state.variables))
+                    ev = evaluator(state.variables)  # sharded; only embeddings are gathered
                     ev["step"] = done
                     writer.write(ev)
                     last.update(ev)
