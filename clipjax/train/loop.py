@@ -79,18 +79,19 @@ def make_value_and_grad(model: CLIP, loss: str, impl: str = "global", accum_step
     return value_and_grad
 
 
-def make_train_step(model: CLIP, tx: optax.GradientTransformation, loss: str, ema_decay: float = 0.0,
-                    loss_impl: str = "global", accum_steps: int = 1, mesh=None):
-    """One guarded update: when the loss or the gradient norm is not finite (or an earlier
+def make_guarded_step(value_and_grad, tx: optax.GradientTransformation, ema_decay: float = 0.0):
+    """`step(state, *batch) -> (state, metrics)` for any task whose
+    `value_and_grad(params, other_variables, *batch, rng)` returns ((loss, updates), grads).
+
+    One guarded update: when the loss or the gradient norm is not finite (or an earlier
     step's was), the update is dropped — params, optimizer state and EMA keep their last
     finite values — and `state.nonfinite` records the step, so the state never holds NaNs."""
-    value_and_grad = make_value_and_grad(model, loss, loss_impl, accum_steps, mesh)
 
-    def step(state: TrainState, images, ids):
+    def step(state: TrainState, *batch):
         params = state.variables["params"]
         other = {k: v for k, v in state.variables.items() if k != "params"}
         rng, step_rng = jax.random.split(state.rng)
-        (value, updates), grads = value_and_grad(params, other, images, ids, step_rng)
+        (value, updates), grads = value_and_grad(params, other, *batch, step_rng)
         grad_norm = optax.tree.norm(grads)
         ok = jnp.isfinite(value) & jnp.isfinite(grad_norm) & (state.nonfinite == 0)
         upd, opt_state = tx.update(grads, state.opt_state, params)
@@ -102,13 +103,20 @@ def make_train_step(model: CLIP, tx: optax.GradientTransformation, loss: str, em
             ema = keep(jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, new_params),
                        ema)
         nonfinite = jnp.where((state.nonfinite == 0) & ~ok, state.step + 1, state.nonfinite)
-        metrics = {"loss": value, "grad_norm": grad_norm,
-                   "logit_scale": jnp.exp(variables["params"]["logit_scale"]), "nonfinite": nonfinite}
+        metrics = {"loss": value, "grad_norm": grad_norm, "nonfinite": nonfinite}
+        if "logit_scale" in variables["params"]:
+            metrics["logit_scale"] = jnp.exp(variables["params"]["logit_scale"])
         new_state = state.replace(step=state.step + 1, variables=variables, opt_state=keep(opt_state, state.opt_state),
                                   rng=rng, ema=ema, nonfinite=nonfinite)
         return new_state, metrics
 
     return step
+
+
+def make_train_step(model: CLIP, tx: optax.GradientTransformation, loss: str, ema_decay: float = 0.0,
+                    loss_impl: str = "global", accum_steps: int = 1, mesh=None):
+    """The CLIP step: `step(state, images, ids)` (see make_guarded_step)."""
+    return make_guarded_step(make_value_and_grad(model, loss, loss_impl, accum_steps, mesh), tx, ema_decay)
 
 
 def load_pretrained_parts(variables, path: str, parts=None):
@@ -141,10 +149,13 @@ def load_pretrained_parts(variables, path: str, parts=None):
     return out
 
 
-def create_state(model: CLIP, cfg: CLIPConfig, config, mesh, rules):
-    """Initial TrainState, every array created already sharded on `mesh`."""
-    s = cfg.vision.image_size
-    dummy = (jnp.zeros((1, s, s, 3), jnp.float32), jnp.zeros((1, cfg.text.context_length), jnp.int32))
+def create_state(model, cfg, config, mesh, rules, dummy=None, post_init=None):
+    """Initial TrainState, every array created already sharded on `mesh`. `dummy`: example
+    inputs for `model.init` (default: CLIP's image + ids); `post_init(variables)`: replaces
+    parts of the fresh sharded variables (e.g. a frozen pretrained CLIP under CLIPSeg)."""
+    if dummy is None:
+        s = cfg.vision.image_size
+        dummy = (jnp.zeros((1, s, s, 3), jnp.float32), jnp.zeros((1, cfg.text.context_length), jnp.int32))
     rng = jax.random.PRNGKey(config.seed)
     rep = shd.replicated(mesh)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -153,7 +164,9 @@ def create_state(model: CLIP, cfg: CLIPConfig, config, mesh, rules):
         variables = jax.jit(lambda r: nn.unbox(model.init(r, *dummy)), out_shardings=var_sh)(rng)
         if config.get("init_parts") and not config.get("init_from"):
             raise ValueError("config.init_parts is set but config.init_from is empty: give the pretrained checkpoint")
-        if config.get("init_from"):
+        if post_init is not None:
+            variables = post_init(variables)
+        elif config.get("init_from"):
             variables = load_pretrained_parts(variables, config.init_from, config.get("init_parts") or None)
         tx, schedule = make_optimizer(config.optimizer, config.total_steps, variables["params"])
         # optimizer moments inherit the parameters' shardings through GSPMD propagation
@@ -234,31 +247,28 @@ def validate_config(config) -> None:
 def train(config, workdir: str, devices=None) -> dict:
     """Run (or resume) training; returns the final metrics. `devices` (default: all) is the
     device list the mesh is built from."""
-    from clipjax.data.pipeline import make_train_data
-    from clipjax.evaluation.periodic import make_periodic_evaluator
     from clipjax.train.distributed import maybe_initialize_distributed
+    from clipjax.train.tasks import build_task
 
     validate_config(config)
     maybe_initialize_distributed(config)  # before anything touches a device
     os.makedirs(workdir, exist_ok=True)
-    cfg = model_config(config)
-    model = CLIP(cfg)
     mesh = shd.make_mesh(dict(config.mesh), devices)
     num_devices = mesh.devices.size
     rules = shd.rules_from_config(config.get("axis_rules"))
-    state, tx, schedule = create_state(model, cfg, config, mesh, rules)
+    task = build_task(config, mesh, rules)
+    cfg = task.cfg
+    state, tx, schedule = create_state(task.model, cfg, config, mesh, rules, task.dummy_inputs, task.post_init)
     mngr = ckpt.checkpoint_manager(workdir, config)
     state, position = ckpt.restore(mngr, state)
     start = int(state.step)
     if start:
         log.info("resumed from step %d", start)
 
-    data = make_train_data(config, cfg, mesh, rules, position)
-    evaluator = make_periodic_evaluator(config, cfg, mesh, rules)
+    data = task.make_data(position)
+    evaluator = task.make_evaluator()
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        step_fn = jax.jit(make_train_step(model, tx, config.loss, float(config.get("ema_decay", 0.0) or 0.0),
-                                          loss_impl=config.get("loss_impl", "global"),
-                                          accum_steps=int(config.get("accum_steps", 1) or 1), mesh=mesh),
+        step_fn = jax.jit(make_guarded_step(task.value_and_grad, tx, float(config.get("ema_decay", 0.0) or 0.0)),
                           donate_argnums=(0,))
     writer = tm.MetricsWriter(workdir, tensorboard=bool(config.get("tensorboard", True)))
     peak = float(config.get("peak_flops_per_device", 0.0) or 0.0)
@@ -281,15 +291,15 @@ def train(config, workdir: str, devices=None) -> dict:
         with _Interrupt(sigs) as interrupt:
             previous = None
             for step in range(start, config.total_steps):
-                images, ids = next(data)
+                batch = tuple(next(data))
                 with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
                     if step == start:
-                        compiled = step_fn.lower(state, images, ids).compile()
-                        flops = tm.step_flops(step_fn, compiled, num_devices, state, images, ids)
+                        compiled = step_fn.lower(state, *batch).compile()
+                        flops = tm.step_flops(step_fn, compiled, num_devices, state, *batch)
                         t0 = time.time()  # compilation is not a step
                         if flops:
                             writer.write({"step": step, **flops})
-                    state, metrics = step_fn(state, images, ids)
+                    state, metrics = step_fn(state, *batch)
                 raw = metrics
                 done = reached = step + 1
                 if previous is not None:  # one step behind: no pipeline stall
