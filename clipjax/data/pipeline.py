@@ -38,6 +38,32 @@ def process_rows(sharding, batch_size: int) -> tuple[int, int]:
     return start, stop
 
 
+def indexed_stream(ds, seed: int, shuffle_buffer: int, position: int, batch_size: int, rows):
+    """The global example stream (records repeated, shuffled with a fixed-seed buffer) as
+    (global index i, record) pairs from `position` on, keeping only the rows [start, stop) of
+    each global batch that this process feeds (filtered before any decoding)."""
+    import tensorflow as tf
+
+    start, stop = rows
+    ds = ds.repeat()
+    if shuffle_buffer > 1:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.skip(position).enumerate(start=position)
+    if (start, stop) != (0, batch_size):
+        ds = ds.filter(lambda i, ex: tf.logical_and(i % batch_size >= start, i % batch_size < stop))
+    return ds
+
+
+def batched(ds, local_batch: int):
+    """Local batches, prefetched, in deterministic order."""
+    import tensorflow as tf
+
+    ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    opts = tf.data.Options()
+    opts.deterministic = True
+    return ds.with_options(opts)
+
+
 TFDATA_NAMES = ("clipjax_shapes", "clipjax_fashion_mnist", "collection")
 _CAPTION_KEYS = ("captions", "caption", "text", "title")
 
@@ -116,15 +142,10 @@ class TFDataTrainData:
         from clipjax.data import augment
 
         ds, image_key, caption_key, decoded = self._source(d)
-        B, (start, stop) = self.batch_size, self.rows
+        start, stop = self.rows
         seed, size, scale = self.seed, self.image_size, self.scale
-        buffer = int(d.get("shuffle_buffer", 10_000) or 0)
-        ds = ds.repeat()
-        if buffer > 1:
-            ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-        ds = ds.skip(self.position).enumerate(start=self.position)
-        if (start, stop) != (0, B):
-            ds = ds.filter(lambda i, ex: tf.logical_and(i % B >= start, i % B < stop))
+        ds = indexed_stream(ds, seed, int(d.get("shuffle_buffer", 10_000) or 0), self.position,
+                            self.batch_size, self.rows)
 
         def prepare(i, ex):
             image = ex[image_key]
@@ -138,11 +159,7 @@ class TFDataTrainData:
                 cap = cap[j]
             return image, cap
 
-        ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.batch(stop - start, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-        opts = tf.data.Options()
-        opts.deterministic = True
-        return ds.with_options(opts)
+        return batched(ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True), stop - start)
 
     # ------------------------------------------------------------------ iteration
     def __iter__(self):

@@ -1,0 +1,211 @@
+"""Referring-segmentation data for CLIPSeg from clipjax_shapes (or any TFDS dataset with the
+same `objects` {mask, phrase} layout): one (image, prompt, mask) triple per example.
+
+Training stream (tf.data, the same global-index / per-process-rows / exact-resume scheme as
+clipjax/data/pipeline.py):
+  - one object of the image at random, its referring phrase and mask;
+  - with probability `negative_prob` a negative prompt instead: a phrase of an object that is
+    not in the image (size, colour, shape, position differ from every object), empty mask;
+  - a random square crop (side `crop_scale` of the image) placed to keep the target's
+    bounding box inside when it fits, resized to the model size (mask: bilinear, then > 0.5);
+  - a visual prompt for the object as the CLIPSeg paper's best variant: the object's
+    bounding-box crop with the background darkened to 10% and blurred; text and visual
+    conditioning are mixed per example with weight alpha: alpha = 1 (text only) with
+    probability 1 - `visual_prob`, else alpha ~ U(0, 1). Deviation from the paper: the
+    support image is the query image itself (the paper samples another image of the class).
+
+Evaluation examples: every object of the first `examples` images of a split, with its phrase,
+mask and class (colour + shape), as numpy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clipjax.data.shapes_dataset import COLOR_NAMES, POSITIONS, SHAPES, SIZES
+
+_POS_PHRASE = {"left": "on the left", "right": "on the right", "top": "at the top",
+               "bottom": "at the bottom", "center": "in the center"}
+
+
+def _phrase_table():
+    import tensorflow as tf
+
+    return (tf.constant(list(SIZES)), tf.constant(list(COLOR_NAMES)), tf.constant(list(SHAPES)),
+            tf.constant([_POS_PHRASE[p] for p in POSITIONS]))
+
+
+def negative_phrase(objects, seed):
+    """A referring phrase matching no object of the image (tf)."""
+    import tensorflow as tf
+
+    sizes, colors, shapes, positions = _phrase_table()
+    present = tf.stack([objects["size"], objects["color"], objects["shape"], objects["position"]], axis=1)
+    dims = tf.constant([len(SIZES), len(COLOR_NAMES), len(SHAPES), len(POSITIONS)], tf.int64)
+    # 8 candidates; keep the first absent one (all 8 present has probability ~0)
+    cand = tf.random.stateless_uniform([8, 4], seed, 0, 1 << 30, dtype=tf.int64) % dims
+    match = tf.reduce_any(tf.reduce_all(cand[:, None, :] == tf.cast(present, tf.int64)[None], axis=-1), axis=1)
+    k = tf.argmin(tf.cast(match, tf.int32))
+    c = cand[k]
+    return tf.strings.join(["the", tf.gather(sizes, c[0]), tf.gather(colors, c[1]), tf.gather(shapes, c[2]),
+                            tf.gather(positions, c[3])], separator=" ")
+
+
+def _bbox(mask):
+    """(y0, x0, y1, x1) float of a (H, W) 0/1 mask (whole image when empty)."""
+    import tensorflow as tf
+
+    h, w = tf.shape(mask)[0], tf.shape(mask)[1]
+    ys = tf.where(tf.reduce_any(mask > 0, axis=1))[:, 0]
+    xs = tf.where(tf.reduce_any(mask > 0, axis=0))[:, 0]
+    empty = tf.equal(tf.size(ys), 0)
+    return tf.cond(empty, lambda: tf.cast(tf.stack([0, 0, h, w]), tf.float32),
+                   lambda: tf.cast(tf.stack([tf.reduce_min(ys), tf.reduce_min(xs), tf.reduce_max(ys) + 1,
+                                             tf.reduce_max(xs) + 1]), tf.float32))
+
+
+def crop_keeping(image, mask, seed, out_size: int, crop_scale=(0.75, 1.0)):
+    """Random square crop with the mask's bounding box inside when it fits; resized."""
+    import tensorflow as tf
+
+    s = tf.cast(tf.shape(image)[0], tf.float32)
+    side = s * tf.random.stateless_uniform([], seed, crop_scale[0], crop_scale[1])
+    y0, x0, y1, x1 = tf.unstack(_bbox(mask))
+    u = tf.random.stateless_uniform([2], seed + 1, 0.0, 1.0)
+
+    def start(lo, hi, r):  # keep [lo, hi) inside [a, a + side) when possible, within [0, s - side]
+        a_min = tf.maximum(0.0, hi - side)
+        a_max = tf.minimum(s - side, lo)
+        a_max = tf.maximum(a_max, a_min)
+        return a_min + r * (a_max - a_min)
+
+    top, left = start(y0, y1, u[0]), start(x0, x1, u[1])
+    box = tf.stack([top / s, left / s, (top + side) / s, (left + side) / s])[None]
+    img = tf.image.crop_and_resize(tf.cast(image, tf.float32)[None], box, [0], [out_size, out_size],
+                                   method="bilinear")[0]
+    m = tf.image.crop_and_resize(tf.cast(mask, tf.float32)[None, :, :, None], box, [0], [out_size, out_size],
+                                 method="bilinear")[0, :, :, 0]
+    return img, tf.cast(m > 0.5, tf.float32)
+
+
+def visual_prompt(image, mask, out_size: int):
+    """The object's bounding-box crop, background at 10% brightness and blurred (0-255 float)."""
+    import tensorflow as tf
+
+    img = tf.cast(image, tf.float32)
+    blur = tf.nn.avg_pool2d(img[None], 5, 1, "SAME")[0]
+    m = tf.cast(mask, tf.float32)[:, :, None]
+    vp = m * img + (1.0 - m) * 0.1 * blur
+    s = tf.cast(tf.shape(image)[0], tf.float32)
+    y0, x0, y1, x1 = tf.unstack(_bbox(mask))
+    half = tf.maximum(y1 - y0, x1 - x0) * 0.6 + 2.0
+    cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
+    box = tf.stack([(cy - half) / s, (cx - half) / s, (cy + half) / s, (cx + half) / s])[None]
+    return tf.image.crop_and_resize(vp[None], box, [0], [out_size, out_size], method="bilinear",
+                                    extrapolation_value=0.0)[0]
+
+
+def segmentation_example(ex, index, seed: int, image_size: int, negative_prob: float, visual_prob: float,
+                         crop_scale=(0.75, 1.0)):
+    """tf: one training example -> (image 0-255 float (S,S,3), phrase, mask (S,S), visual
+    prompt 0-255 float (S,S,3), alpha)."""
+    import tensorflow as tf
+
+    from clipjax.data.augment import example_seed
+
+    objs = ex["objects"]
+    n = tf.shape(objs["phrase"])[0]
+    j = tf.random.stateless_uniform([], example_seed(seed, index, 10), 0, n, dtype=tf.int32)
+    mask = tf.cast(objs["mask"][j][:, :, 0], tf.float32)
+    negative = tf.random.stateless_uniform([], example_seed(seed, index, 11)) < negative_prob
+    phrase = tf.cond(negative, lambda: negative_phrase(objs, example_seed(seed, index, 12)), lambda: objs["phrase"][j])
+    vp = visual_prompt(ex["image"], mask, image_size)  # of a present object even for negatives ...
+    img, target = crop_keeping(ex["image"], mask, example_seed(seed, index, 13), image_size, crop_scale)
+    target = tf.where(negative, tf.zeros_like(target), target)
+    use_visual = tf.random.stateless_uniform([], example_seed(seed, index, 14)) < visual_prob
+    alpha = tf.where(use_visual & ~negative,  # ... but negatives are text-only (alpha = 1)
+                     tf.random.stateless_uniform([], example_seed(seed, index, 15)), 1.0)
+    return img, phrase, target, vp, alpha
+
+
+def eval_examples(builder, split: str, examples: int):
+    """Every object of the first `examples` images: dict of numpy arrays images (N,S,S,3) uint8,
+    phrases (N,), masks (N,S,S) uint8, classes (N,) ("colour shape" index), image_index (N,)."""
+    import tensorflow_datasets as tfds
+
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+    images, phrases, masks, classes, owner = [], [], [], [], []
+    for i, ex in enumerate(tfds.as_numpy(ds.take(examples))):
+        o = ex["objects"]
+        for k in range(len(o["phrase"])):
+            images.append(ex["image"])
+            phrases.append(o["phrase"][k].decode("utf-8"))
+            masks.append(o["mask"][k][:, :, 0])
+            classes.append(int(o["color"][k]) * len(SHAPES) + int(o["shape"][k]))
+            owner.append(i)
+    if not images:
+        raise ValueError(f"split {split!r} has no objects to segment")
+    return {"images": np.stack(images), "phrases": phrases, "masks": np.stack(masks),
+            "classes": np.asarray(classes), "image_index": np.asarray(owner)}
+
+
+class SegmentationTrainData:
+    """Global CLIPSeg training batches: (images (B,S,S,3) CLIP-normalised, prompt ids (B,L),
+    masks (B,S,S) 0/1 float, visual prompts (B,S,S,3) CLIP-normalised, alpha (B,)).
+
+    config.data: name (a TFDS dataset with image + objects {mask, phrase, size, color, shape,
+    position}; default clipjax_shapes), data_dir, shapes/builder_kwargs, seed, shuffle_buffer,
+    negative_prob (0.2), visual_prob (0.5), crop_scale ((0.75, 1.0)). Same determinism and
+    exact-resume scheme as clipjax.data.pipeline.TFDataTrainData."""
+
+    def __init__(self, config, image_size: int, tokenize, mesh, rules, position: int = 0):
+        from clipjax import sharding as shd
+        from clipjax.data.pipeline import builder_kwargs, prepare_once, process_rows
+
+        d = config.data
+        self.batch_size = int(config.batch_size)
+        self.position = int(position)
+        self.tokenize = tokenize
+        self.shardings = [shd.batch_sharding(mesh, n, rules) for n in (4, 2, 3, 4, 1)]
+        self.rows = process_rows(self.shardings[0], self.batch_size)
+        name = d.get("name") or "clipjax_shapes"
+        builder = prepare_once(name, d.get("data_dir", None) or None, builder_kwargs(d, name))
+        features = builder.info.features
+        if "objects" not in features or "mask" not in features["objects"].feature:
+            raise ValueError(f"{name} has no objects/mask feature: CLIPSeg training needs per-object masks and phrases")
+        self._ds = self._build(builder, d, image_size)
+        self._it = iter(self._ds)
+
+    def _build(self, builder, d, image_size):
+        import tensorflow as tf
+
+        from clipjax.data.augment import normalize
+        from clipjax.data.pipeline import batched, indexed_stream
+
+        seed = int(d.get("seed", 0))
+        neg, vis = float(d.get("negative_prob", 0.2)), float(d.get("visual_prob", 0.5))
+        scale = tuple(d.get("crop_scale", None) or (0.75, 1.0))
+        ds = builder.as_dataset(split=d.get("split", None) or "train", shuffle_files=False)
+        ds = indexed_stream(ds, seed, int(d.get("shuffle_buffer", 10_000) or 0), self.position, self.batch_size,
+                            self.rows)
+
+        def prepare(i, ex):
+            img, phrase, mask, vp, alpha = segmentation_example(ex, i, seed, image_size, neg, vis, scale)
+            return normalize(img / 255.0), phrase, mask, normalize(vp / 255.0), alpha
+
+        return batched(ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True),
+                       self.rows[1] - self.rows[0])
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        import jax
+
+        img, phrase, mask, vp, alpha = next(self._it)
+        ids = self.tokenize([p.decode("utf-8") for p in phrase.numpy()])
+        local = [np.asarray(img.numpy(), np.float32), ids, np.asarray(mask.numpy(), np.float32),
+                 np.asarray(vp.numpy(), np.float32), np.asarray(alpha.numpy(), np.float32)]
+        self.position += self.batch_size
+        return tuple(jax.make_array_from_process_local_data(sh, x, (self.batch_size,) + x.shape[1:])
+                     for sh, x in zip(self.shardings, local))
