@@ -135,6 +135,9 @@ class Rule:
     kind: "copy"   same shape (reshaped to the target, e.g. 0-d scalars)
           "linear" torch (out, in) weight <-> kernel whose first `n_in` axes are inputs
           "conv"   torch OIHW <-> flax HWIO
+          "convT"  torch ConvTranspose2d (in, out, kH, kW) <-> flax ConvTranspose kernel
+                   (kH, kW, in, out), spatially flipped (PyTorch's transposed conv is the
+                   adjoint of a correlation; flax's with transpose_kernel=False is not)
           "bias"   flat torch vector <-> any shape (e.g. (heads, head_dim))
           "T"      plain 2-D transpose (kept for readability where "linear" reads oddly)
     """
@@ -167,6 +170,8 @@ def _t2j(x: np.ndarray, rule: Rule, shape: tuple) -> np.ndarray:
         x = x.T
     elif rule.kind == "conv":
         x = x.transpose(2, 3, 1, 0)
+    elif rule.kind == "convT":
+        x = np.flip(x, (2, 3)).transpose(2, 3, 0, 1)
     elif rule.kind not in ("copy", "bias"):
         raise ValueError(f"unknown rule kind {rule.kind}")
     if x.size != int(np.prod(shape)):
@@ -180,6 +185,8 @@ def _j2t(x: np.ndarray, rule: Rule, torch_shape: Optional[tuple]) -> np.ndarray:
         x = x.reshape(int(np.prod(x.shape[:n])), int(np.prod(x.shape[n:]))).T
     elif rule.kind == "conv":
         x = x.transpose(3, 2, 0, 1)
+    elif rule.kind == "convT":
+        x = np.flip(x.transpose(2, 3, 0, 1), (2, 3))
     elif rule.kind == "bias":
         x = x.reshape(-1)
     if torch_shape is not None:

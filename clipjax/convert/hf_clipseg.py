@@ -1,0 +1,179 @@
+"""CLIPSeg checkpoints <-> clipjax, in two layouts:
+
+- transformers' `CLIPSegForImageSegmentation` directories (config.json + safetensors/.bin):
+  the whole model, `clip.*` (the CLIPModel layout under a prefix) and `decoder.*`;
+- the original repository's decoder-only files (timojl/clipseg: rd64-uni.pth,
+  rd64-uni-refined.pth, rd16-uni.pth): `film_mul`, `film_add`, `reduces.N`,
+  `blocks.N` (torch.nn.TransformerEncoderLayer: fused `self_attn.in_proj_*`, `linear1/2`,
+  `norm1/2`) and `trans_conv` (one ConvTranspose2d, or Sequential indices 0/2/4 in the refined
+  head), combined with a CLIP checkpoint in any format clipjax reads. The original's unused
+  `reduce` Linear is ignored on read and not written. Its decoder configuration is inferred
+  from the tensor shapes; the extract layers, which no tensor records, default to (3, 6, 9)
+  as for every released model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+import numpy as np
+
+from clipjax.convert import hf_clip
+from clipjax.convert.common import (
+    CheckpointError,
+    Rule,
+    block_rules,
+    linear_rules,
+    read_state_dict,
+    torch_to_variables,
+    variables_to_torch,
+    write_state_dict,
+)
+from clipjax.models.clipseg import CLIPSegConfig
+
+HF_DECODER_BLOCK = hf_clip.HF_BLOCK
+ORIGINAL_BLOCK = dict(query="self_attn.in_proj_weight|self_attn.in_proj_bias#0/3",
+                      key="self_attn.in_proj_weight|self_attn.in_proj_bias#1/3",
+                      value="self_attn.in_proj_weight|self_attn.in_proj_bias#2/3",
+                      out="self_attn.out_proj", ln1="norm1", ln2="norm2", fc1="linear1", fc2="linear2")
+
+
+def decoder_rules(cfg: CLIPSegConfig, torch_prefix: str, block: dict, head: str, blocks: str) -> list[Rule]:
+    d, t = "params/decoder", torch_prefix
+    r = [*linear_rules(f"{d}/film_mul", f"{t}film_mul"), *linear_rules(f"{d}/film_add", f"{t}film_add")]
+    for i in range(len(cfg.extract_layers)):
+        r += linear_rules(f"{d}/reduces_{i}", f"{t}reduces.{i}")
+        r += block_rules(f"{d}/layers_{i}", f"{t}{blocks}.{i}", block)
+    if cfg.complex_head:
+        r += [Rule(f"{d}/head_conv/kernel", f"{t}{head}.0.weight", "conv"), Rule(f"{d}/head_conv/bias", f"{t}{head}.0.bias"),
+              Rule(f"{d}/head_up1/kernel", f"{t}{head}.2.weight", "convT"), Rule(f"{d}/head_up1/bias", f"{t}{head}.2.bias"),
+              Rule(f"{d}/head_up2/kernel", f"{t}{head}.4.weight", "convT"), Rule(f"{d}/head_up2/bias", f"{t}{head}.4.bias")]
+    else:
+        r += [Rule(f"{d}/head/kernel", f"{t}{head}.weight", "convT"), Rule(f"{d}/head/bias", f"{t}{head}.bias")]
+    return r
+
+
+def hf_rules(cfg: CLIPSegConfig) -> list[Rule]:
+    clip = [dataclasses.replace(x, jax=x.jax.replace("params/", "params/clip/", 1), torch="clip." + x.torch)
+            for x in hf_clip.rules(cfg.clip)]
+    return clip + decoder_rules(cfg, "decoder.", HF_DECODER_BLOCK, "transposed_convolution", "layers")
+
+
+def expected_shapes(cfg: CLIPSegConfig) -> dict:
+    from clipjax.convert.common import expected_shapes as shapes
+    from clipjax.models.clipseg import CLIPSeg, init_inputs
+
+    return shapes(CLIPSeg(cfg), **init_inputs(cfg))
+
+
+# --------------------------------------------------------------------------- transformers
+def config_from_hf(hf: dict, image_size: int = 352) -> CLIPSegConfig:
+    return CLIPSegConfig(
+        clip=hf_clip.config_from_hf({**hf, "model_type": "clip"}),
+        extract_layers=tuple(int(i) for i in hf.get("extract_layers", (3, 6, 9))),
+        reduce_dim=int(hf.get("reduce_dim", 64)),
+        decoder_heads=int(hf.get("decoder_num_attention_heads", 4)),
+        decoder_mlp_dim=int(hf.get("decoder_intermediate_size", 2048)),
+        conditional_layer=int(hf.get("conditional_layer", 0)),
+        complex_head=bool(hf.get("use_complex_transposed_convolution", False)),
+        image_size=image_size,
+    )
+
+
+def config_to_hf(cfg: CLIPSegConfig) -> dict:
+    hf = hf_clip.config_to_hf(cfg.clip)
+    hf.pop("architectures", None)
+    hf.update(model_type="clipseg", architectures=["CLIPSegForImageSegmentation"],
+              extract_layers=list(cfg.extract_layers), reduce_dim=cfg.reduce_dim,
+              decoder_num_attention_heads=cfg.decoder_heads, decoder_intermediate_size=cfg.decoder_mlp_dim,
+              conditional_layer=cfg.conditional_layer, use_complex_transposed_convolution=cfg.complex_head)
+    return hf
+
+
+def is_hf_clipseg_dir(path: str) -> bool:
+    p = os.path.join(path, "config.json")
+    if not os.path.isfile(p):
+        return False
+    try:
+        with open(p) as f:
+            return json.load(f).get("model_type") == "clipseg"
+    except (OSError, ValueError):
+        return False
+
+
+def from_hf_state_dict(sd: dict, cfg: CLIPSegConfig, what: str = "transformers CLIPSeg checkpoint") -> dict:
+    sd = {k: v for k, v in sd.items() if not k.endswith("position_ids")}
+    return torch_to_variables(sd, hf_rules(cfg), expected_shapes(cfg), what=what, dtype=np.float32)
+
+
+def load_hf_clipseg(path: str, image_size: int = 352) -> tuple[CLIPSegConfig, dict]:
+    if not is_hf_clipseg_dir(path):
+        raise CheckpointError(f"{path} is not a transformers CLIPSeg directory (config.json with model_type clipseg)")
+    with open(os.path.join(path, "config.json")) as f:
+        cfg = config_from_hf(json.load(f), image_size)
+    cfg.validate()
+    return cfg, from_hf_state_dict(read_state_dict(path), cfg, what=f"transformers CLIPSeg checkpoint {path}")
+
+
+def to_hf_state_dict(variables: dict, cfg: CLIPSegConfig) -> dict:
+    return variables_to_torch(variables, hf_rules(cfg))
+
+
+def save_hf_clipseg(variables: dict, cfg: CLIPSegConfig, path: str) -> None:
+    from transformers import CLIPSegConfig as HFConfig
+
+    os.makedirs(path, exist_ok=True)
+    HFConfig.from_dict(config_to_hf(cfg)).save_pretrained(path)
+    write_state_dict(to_hf_state_dict(variables, cfg), os.path.join(path, "model.safetensors"))
+
+
+# --------------------------------------------------------------------------- original layout
+def original_rules(cfg: CLIPSegConfig) -> list[Rule]:
+    return decoder_rules(cfg, "", ORIGINAL_BLOCK, "trans_conv", "blocks")
+
+
+def infer_original_config(sd: dict, clip_cfg, extract_layers=(3, 6, 9), image_size: int = 352) -> CLIPSegConfig:
+    """Decoder sizes from the tensors of an original decoder-only state dict."""
+    if "film_mul.weight" not in sd:
+        raise CheckpointError("not an original CLIPSeg decoder file: no film_mul.weight")
+    reduce_dim, cond_dim = sd["film_mul.weight"].shape
+    if cond_dim != clip_cfg.embed_dim:
+        raise CheckpointError(f"decoder conditions on {cond_dim}-d vectors, the CLIP embeds {clip_cfg.embed_dim}")
+    n = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+    if n != len(extract_layers):
+        raise CheckpointError(f"{n} decoder blocks but extract_layers={tuple(extract_layers)}")
+    mlp = sd["blocks.0.linear1.weight"].shape[0]
+    complex_head = "trans_conv.0.weight" in sd
+    return CLIPSegConfig(clip=clip_cfg, extract_layers=tuple(extract_layers), reduce_dim=int(reduce_dim),
+                         decoder_heads=4, decoder_mlp_dim=int(mlp), complex_head=complex_head, image_size=image_size)
+
+
+def load_original(decoder_path: str, clip_path: str, extract_layers=(3, 6, 9), decoder_heads: int = 4,
+                  image_size: int = 352) -> tuple[CLIPSegConfig, dict]:
+    """An original decoder file + a CLIP checkpoint (clipjax / transformers / OpenAI layout)."""
+    from clipjax.api import read_any
+
+    clip_cfg, clip_vars = read_any(clip_path)
+    sd = {k: v for k, v in read_state_dict(decoder_path).items() if not k.startswith("reduce.")}
+    cfg = dataclasses.replace(infer_original_config(sd, clip_cfg, extract_layers, image_size), decoder_heads=decoder_heads)
+    cfg.validate()
+    expected = {k: v for k, v in expected_shapes(cfg).items() if k.startswith("params/decoder/")}
+    dec = torch_to_variables(sd, original_rules(cfg), expected, what=f"CLIPSeg decoder {decoder_path}",
+                             dtype=np.float32)
+    variables = {"params": {"clip": clip_vars["params"], "decoder": dec["params"]["decoder"]}}
+    return cfg, variables
+
+
+def save_original(variables: dict, cfg: CLIPSegConfig, path: str, clip_path: Optional[str] = None) -> None:
+    """Write the decoder in the original layout (a torch .pth); the CLIP part, when
+    `clip_path` is given, in OpenAI's layout beside it (the original code loads CLIP itself)."""
+    dec = {"params": {"decoder": variables["params"]["decoder"]}}
+    write_state_dict(variables_to_torch(dec, original_rules(cfg)), path)
+    if clip_path:
+        from clipjax.convert.openai_clip import save_openai
+        from clipjax.models.clipseg import clip_variables
+
+        save_openai(clip_variables(variables), cfg.clip, clip_path)
