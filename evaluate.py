@@ -1,70 +1,275 @@
-"""Evaluate a CLIP checkpoint.
+"""Evaluate a CLIP checkpoint: zero-shot classification, image<->text retrieval, linear probe.
 
-    python evaluate.py --checkpoint PATH --task zeroshot --dataset synthetic_shapes [--output results.json]
+    python evaluate.py --checkpoint PATH --task zeroshot --dataset fashion_mnist --output results.json
+    python evaluate.py --checkpoint PATH --task retrieval --dataset clipjax_shapes
+    python evaluate.py --checkpoint PATH --task linear_probe --dataset cifar10 --data-dir /data/tfds
 
 PATH: a clipjax checkpoint or training workdir, a transformers CLIP directory or an
-OpenAI-layout file. Datasets available now: synthetic_shapes (the built-in procedural data;
-its test split is drawn from a seed never used for training).
+OpenAI-layout file. Datasets: clipjax_shapes and fashion_mnist (built locally, no download),
+any prepared TFDS dataset (cifar10, cifar100, imagenet2012, coco_captions, ...; never
+downloaded: prepare it first), or `collection` with --source (CSV/TSV/JSONL or tar shards) for
+retrieval. Zero-shot uses per-dataset class names and templates (the CLIP paper's 80 for
+ImageNet); --classnames / --templates override them (one per line). Images are preprocessed
+exactly as clipjax.load(...) does at inference; encoding is sharded over all local devices.
+
+Output: a table on stdout; with --output, JSON (every metric at the top level, plus
+"settings") and, for classification, a confusion-matrix PNG beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import sys
+import time
 
-TASKS = ("zeroshot",)
-DATASETS = ("synthetic_shapes",)
-SYNTHETIC_TEMPLATES = ("a photo of a {}", "a {}", "there is a {} in the picture")
+import numpy as np
 
-
-def load_dataset(name: str, split: str, examples: int, image_size: int):
-    """-> (uint8 images, labels, classnames, templates)."""
-    if name == "synthetic_shapes":
-        from clipjax.data import synthetic
-
-        seed = {"train": 0, "validation": 10_000, "test": 20_000}.get(split)
-        if seed is None:
-            raise ValueError(f"unknown split {split!r} for {name} (train | validation | test)")
-        imgs, labels, _ = synthetic.draw_batch(seed, 0, examples, image_size)
-        return imgs, labels, list(synthetic.CLASSNAMES), list(SYNTHETIC_TEMPLATES)
-    raise ValueError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+TASKS = ("zeroshot", "retrieval", "linear_probe")
 
 
-def zeroshot(clip, images, labels, classnames, templates, batch_size: int = 128) -> dict:
+class EvalError(ValueError):
+    pass
+
+
+# ------------------------------------------------------------------------------------ encoders
+class Encoders:
+    """Jitted image/text encoders of a LoadedCLIP, sharded over a mesh of all local devices."""
+
+    def __init__(self, clip, batch_size: int, progress: bool):
+        import functools
+
+        import jax
+
+        from clipjax import sharding as shd
+        from clipjax.evaluation.encode import sharded_encoder
+        from clipjax.models.clip import CLIP
+        from clipjax.tokenizer import text_attention_mask
+
+        self.clip, self.batch, self.progress = clip, batch_size, progress
+        self.mesh = shd.make_mesh({"data": -1})
+        rules = shd.DEFAULT_RULES
+        n = self.mesh.devices.size
+        self.batch = max(n, (batch_size + n - 1) // n * n)  # global batches split evenly
+        self.variables = jax.device_put(clip.variables, shd.replicated(self.mesh))
+        model, cfg = CLIP(clip.cfg), clip.cfg
+        self._img = sharded_encoder(functools.partial(model.apply, method=CLIP.encode_image, normalize=True),
+                                    self.mesh, rules, self.batch)
+        self._txt = sharded_encoder(lambda v, ids: model.apply(v, ids, attention_mask=text_attention_mask(cfg.text, ids),
+                                                               method=CLIP.encode_text, normalize=True),
+                                    self.mesh, rules, self.batch)
+
+    def images(self, uint8_images) -> np.ndarray:
+        return self._img(self.variables, self.clip.preprocess(uint8_images))
+
+    def texts(self, texts) -> np.ndarray:
+        return self._txt(self.variables, self.clip.tokenize(list(texts)))
+
+    def bar(self, total, desc):
+        from tqdm import tqdm
+
+        return tqdm(total=total or None, desc=desc, unit="img", disable=not self.progress, file=sys.stderr)
+
+
+def encode_labelled(enc: Encoders, builder, split, examples, desc):
+    from clipjax.evaluation.datasets import iterate_labelled, split_size
+
+    feats, labels = [], []
+    with enc.bar(split_size(builder, split, examples), desc) as bar:
+        for imgs, lab in iterate_labelled(builder, split, enc.batch, examples):
+            feats.append(enc.images(imgs))
+            labels.append(lab)
+            bar.update(len(imgs))
+    if not feats:
+        raise EvalError(f"split {split!r} of {builder.info.name} has no examples")
+    return np.concatenate(feats), np.concatenate(labels)
+
+
+# ------------------------------------------------------------------------------------ tasks
+def classifier_cache_path(args, classnames, templates) -> str | None:
+    if not args.output:
+        return None
+    key = hashlib.sha256(json.dumps([os.path.abspath(args.checkpoint), classnames, templates]).encode()).hexdigest()[:16]
+    return os.path.join(os.path.dirname(os.path.abspath(args.output)), f".zeroshot_classifier_{key}.npy")
+
+
+def zeroshot(args, enc: Encoders, builder) -> tuple[dict, dict]:
+    from clipjax.evaluation import templates as T
+    from clipjax.evaluation.datasets import classification_info
     from clipjax.evaluation.zeroshot import classification_metrics, text_classifier
 
-    txt = text_classifier(clip.encode_text, classnames, templates)
-    return classification_metrics(clip.encode_image(images, batch_size=batch_size) @ txt.T, labels)
+    names = classification_info(builder)
+    known = T.prompts_for(args.dataset)
+    classnames = T.read_lines(args.classnames, "class-name") if args.classnames else (known[0] if known else names)
+    templates = T.read_lines(args.templates, "template") if args.templates else (
+        known[1] if known else ["a photo of a {}."])
+    T.check_templates(templates)
+    if len(classnames) != len(names):
+        raise EvalError(f"{len(classnames)} class names for a dataset with {len(names)} classes")
+    cache = classifier_cache_path(args, classnames, templates)
+    if cache and os.path.exists(cache):
+        cls = np.load(cache)
+        cached = True
+    else:
+        cls = text_classifier(enc.texts, classnames, templates)  # once per run
+        cached = False
+        if cache:
+            np.save(cache, cls)
+    feats, labels = encode_labelled(enc, builder, args.split, args.examples, "zeroshot")
+    logits = feats @ cls.T
+    metrics = classification_metrics(logits, labels)
+    if args.dataset == "clipjax_shapes":
+        from clipjax.data.shapes_dataset import CLASSNAMES, HELD_OUT_CLASSNAMES
+
+        held = np.isin(labels, [CLASSNAMES.index(c) for c in HELD_OUT_CLASSNAMES])
+        if held.any():
+            metrics["heldout_top1"] = float(np.mean(logits[held].argmax(1) == labels[held]))
+            metrics["heldout_examples"] = int(held.sum())
+    extra = dict(classnames=classnames, templates=templates, classifier_cached=cached,
+                 confusion=(logits.argmax(1), labels))
+    return metrics, extra
+
+
+def retrieval(args, enc: Encoders, source) -> tuple[dict, dict]:
+    from clipjax.evaluation.datasets import iterate_captioned
+    from clipjax.evaluation.retrieval import retrieval_metrics
+
+    img_feats, txt_feats, owner = [], [], []
+    n_img = 0
+    with enc.bar(args.examples or 0, "retrieval") as bar:
+        for imgs, caps in iterate_captioned(source, args.split, enc.batch, args.examples):
+            img_feats.append(enc.images(imgs))
+            flat = [c for cs in caps for c in cs]
+            txt_feats.append(enc.texts(flat))
+            owner += [n_img + i for i, cs in enumerate(caps) for _ in cs]
+            n_img += len(imgs)
+            bar.update(len(imgs))
+    if not n_img:
+        raise EvalError(f"no examples in split {args.split!r}")
+    metrics = retrieval_metrics(np.concatenate(img_feats), np.concatenate(txt_feats), np.asarray(owner))
+    return metrics, dict(images=n_img, texts=len(owner))
+
+
+def linear_probe_task(args, enc: Encoders, builder) -> tuple[dict, dict]:
+    from clipjax.evaluation.linear_probe import linear_probe
+
+    splits = builder.info.splits
+    val_split = args.val_split or ("validation" if "validation" in splits else None)
+    train_x, train_y = encode_labelled(enc, builder, args.train_split, args.probe_examples, "train features")
+    if val_split:
+        val_x, val_y = encode_labelled(enc, builder, val_split, args.probe_examples, "validation features")
+    else:  # hold out the last 20% of the training features
+        k = int(len(train_x) * 0.8)
+        train_x, val_x, train_y, val_y = train_x[:k], train_x[k:], train_y[:k], train_y[k:]
+    test_x, test_y = encode_labelled(enc, builder, args.split, args.examples, "test features")
+    metrics = linear_probe(train_x, train_y, val_x, val_y, test_x, test_y)
+    return metrics, dict(train_examples=len(train_x), validation_examples=len(val_x),
+                         validation_split=val_split or f"last 20% of {args.train_split}")
+
+
+# ------------------------------------------------------------------------------------ output
+def print_table(metrics: dict) -> None:
+    rows = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float))]
+    width = max(len(k) for k, _ in rows) if rows else 0
+    for k, v in rows:
+        print(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+
+
+def confusion_png(pred, labels, classnames, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(classnames)
+    cm = np.zeros((k, k), np.int64)
+    np.add.at(cm, (labels, pred), 1)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    size = min(4 + 0.35 * k, 24)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    if k <= 40:
+        ax.set_xticks(range(k), classnames, rotation=90, fontsize=7)
+        ax.set_yticks(range(k), classnames, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion (row-normalised)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------ main
+def open_source(args):
+    """A TFDS builder, or an ImageTextCollection for --dataset collection."""
+    if args.dataset == "collection":
+        if args.task != "retrieval":
+            raise EvalError("--dataset collection supports --task retrieval only")
+        if not args.source:
+            raise EvalError("--dataset collection needs --source (a CSV/TSV/JSONL index or tar shards)")
+        from clipjax.data.collection import ImageTextCollection
+
+        return ImageTextCollection(args.source)
+    from clipjax.evaluation.datasets import tfds_builder
+
+    kwargs = json.loads(args.builder_kwargs) if args.builder_kwargs else {}
+    return tfds_builder(args.dataset, args.data_dir or None, kwargs)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--task", default="zeroshot", choices=TASKS)
-    p.add_argument("--dataset", default="synthetic_shapes")
+    p.add_argument("--dataset", default="clipjax_shapes")
     p.add_argument("--split", default="test")
-    p.add_argument("--examples", type=int, default=2048)
-    p.add_argument("--output", default=None, help="write metrics and settings as JSON")
+    p.add_argument("--examples", type=int, default=0, help="use only the first N examples (0: all)")
+    p.add_argument("--output", default=None, help="JSON file for the metrics and settings")
+    p.add_argument("--data-dir", default="", help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    p.add_argument("--builder-kwargs", default="", help='JSON for the TFDS builder, e.g. \'{"image_size": 64}\'')
+    p.add_argument("--source", default="", help="collection index file(s) or tar shards (--dataset collection)")
+    p.add_argument("--classnames", default="", help="file: one class name per line (zero-shot)")
+    p.add_argument("--templates", default="", help="file: one prompt template with {} per line (zero-shot)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--train-split", default="train", help="linear probe: features to fit on")
+    p.add_argument("--val-split", default="", help="linear probe: split for the C sweep (default: validation)")
+    p.add_argument("--probe-examples", type=int, default=0, help="linear probe: cap on train/validation examples")
+    p.add_argument("--confusion", default="", help="confusion-matrix PNG (default: beside --output)")
+    p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
     import clipjax
+    from clipjax.data.catalog import DatasetNotPreparedError, DownloadNotAllowedError
+    from clipjax.data.images import NoUsableExamplesError
 
+    t0 = time.time()
     try:
         clip = clipjax.load(args.checkpoint)
-        images, labels, classnames, templates = load_dataset(args.dataset, args.split, args.examples,
-                                                             clip.image_size)
-    except (clipjax.CheckpointError, ValueError) as e:
+        if not hasattr(clip, "encode_text"):
+            raise EvalError(f"{args.checkpoint} is not a CLIP model")
+        source = open_source(args)
+        enc = Encoders(clip, args.batch_size, progress=not args.no_progress)
+        fn = {"zeroshot": zeroshot, "retrieval": retrieval, "linear_probe": linear_probe_task}[args.task]
+        metrics, extra = fn(args, enc, source)
+    except (clipjax.CheckpointError, EvalError, ValueError, DatasetNotPreparedError, DownloadNotAllowedError,
+            NoUsableExamplesError, FileNotFoundError, json.JSONDecodeError) as e:
         print(f"evaluate.py: error: {e}", file=sys.stderr)
         return 2
-    metrics = zeroshot(clip, images, labels, classnames, templates)
-    result = {**metrics, "settings": vars(args) | {"num_classes": len(classnames), "templates": templates}}
-    width = max(len(k) for k in metrics)
-    for k, v in metrics.items():
-        print(f"{k:<{width}}  {v:.4f}")
+    confusion = extra.pop("confusion", None)
+    settings = {k: v for k, v in vars(args).items()} | extra | {
+        "devices": int(enc.mesh.devices.size), "global_batch": enc.batch, "seconds": round(time.time() - t0, 1)}
+    if "classnames" in settings:
+        settings["num_classes"] = len(settings["classnames"])
+    print_table(metrics)
     if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output, "w") as f:
-            json.dump(result, f, indent=2)
+            json.dump({**metrics, "settings": settings}, f, indent=2)
+    png = args.confusion or (os.path.splitext(args.output)[0] + "_confusion.png" if args.output else "")
+    if confusion is not None and png:
+        confusion_png(confusion[0], confusion[1], extra["classnames"], png)
+        print(f"confusion matrix: {png}")
     return 0
 
 

@@ -56,12 +56,12 @@ def test_evaluate_cli_on_a_run(tmp_path):
     train(c, wd)
     root = os.path.join(os.path.dirname(__file__), "..")
     out = str(tmp_path / "results.json")
-    r = subprocess.run([sys.executable, os.path.join(root, "evaluate.py"), "--checkpoint", wd, "--examples", "128",
-                        "--output", out], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, os.path.join(root, "evaluate.py"), "--checkpoint", wd, "--examples", "48",
+                        "--builder-kwargs", json.dumps(TINY_SHAPES), "--output", out], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     res = json.load(open(out))
-    assert 0 <= res["top1"] <= res["top5"] <= 1 and "mean_per_class_recall" in res
-    assert res["settings"]["num_classes"] == 24
+    assert 0 <= res["top1"] <= res["top5"] <= 1 and "mean_per_class_recall" in res and "heldout_top1" in res
+    assert res["settings"]["num_classes"] == 30 and os.path.exists(str(tmp_path / "results_confusion.png"))
     r = subprocess.run([sys.executable, os.path.join(root, "evaluate.py"), "--checkpoint", wd, "--dataset", "nope"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "unknown dataset" in r.stderr and "Traceback" not in r.stderr

@@ -17,11 +17,11 @@ import functools
 import logging
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import flax.linen as nn
 
 from clipjax import sharding as shd
+from clipjax.evaluation.encode import sharded_encoder
+from clipjax.evaluation.retrieval import retrieval_metrics
 from clipjax.evaluation.zeroshot import text_classifier, topk_accuracy
 from clipjax.models.clip import CLIP
 from clipjax.tokenizer import make_text_tokenizer, text_attention_mask
@@ -89,49 +89,6 @@ def load_eval_examples(settings: dict):
             captions or None, heldout)
 
 
-def sharded_encoder(fn, mesh, rules, batch: int):
-    """`encode(variables, x (N, ...)) -> (N, E) host numpy`: x is split into global batches of
-    `batch` rows (padded at the end), each sharded over the batch axes of `mesh`."""
-    jitted = jax.jit(fn)
-
-    def encode(variables, x: np.ndarray) -> np.ndarray:
-        n = len(x)
-        sharding = shd.batch_sharding(mesh, x.ndim, rules)
-        out = []
-        for i in range(0, n, batch):
-            chunk = x[i:i + batch]
-            if len(chunk) < batch:
-                chunk = np.concatenate([chunk, np.zeros((batch - len(chunk),) + chunk.shape[1:], chunk.dtype)])
-            arr = jax.make_array_from_callback(chunk.shape, sharding, lambda idx, c=chunk: c[idx])
-            with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-                emb = jitted(variables, arr)
-            out.append(_gather(emb)[:min(batch, n - i)])
-        return np.concatenate(out)
-
-    return encode
-
-
-def _gather(x) -> np.ndarray:
-    if jax.process_count() == 1 or x.is_fully_addressable:
-        return np.asarray(jax.device_get(x))
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-def retrieval_recalls(img: np.ndarray, txt: np.ndarray, text_to_image: np.ndarray, ks=(1, 5)) -> dict:
-    """R@k both ways; an image->text hit when any of the image's captions is in the top k."""
-    sim = img @ txt.T
-    out = {}
-    i2t = np.argsort(-sim, axis=1)
-    t2i = np.argsort(-sim.T, axis=1)
-    for k in ks:
-        out[f"image_to_text_R@{k}"] = float(np.mean(
-            [np.any(text_to_image[i2t[i, :k]] == i) for i in range(len(img))]))
-        out[f"text_to_image_R@{k}"] = float(np.mean(np.any(t2i[:, :k] == text_to_image[:, None], axis=1)))
-    return out
-
-
 def make_periodic_evaluator(config, cfg, mesh=None, rules=None):
     """`evaluate(variables) -> metrics` for the training loop (None when eval_every is 0 or the
     dataset has nothing to evaluate). `variables` may be sharded on `mesh`."""
@@ -172,7 +129,7 @@ def make_periodic_evaluator(config, cfg, mesh=None, rules=None):
         texts = [c for caps in captions for c in caps]
         owner = np.repeat(np.arange(len(captions)), [len(c) for c in captions])
         txt = encode_ids(variables, tokenize(texts))
-        return retrieval_recalls(img, txt, owner)
+        return retrieval_metrics(img, txt, owner, ks=(1, 5))
 
     evaluate.settings = settings
     return evaluate

@@ -1,0 +1,112 @@
+"""Evaluation data as streams of uint8 images (any size) with labels or captions.
+
+Sources: clipjax_shapes / fashion_mnist (clipjax's builders, generated locally), any prepared
+TFDS dataset (cifar10, cifar100, imagenet2012, coco_captions, ...; never downloaded), or a user
+collection (CSV/TSV/JSONL or tar shards). Images are decoded here and preprocessed by the
+caller exactly as clipjax.load(...) does at inference.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+import numpy as np
+
+_CAPTION_KEYS = ("captions", "caption", "text", "title")
+
+
+def tfds_builder(name: str, data_dir: Optional[str], builder_kwargs: dict):
+    from clipjax.data.pipeline import prepare_once
+
+    name = {"fashion_mnist": "clipjax_fashion_mnist"}.get(name, name)
+    try:
+        return prepare_once(name, data_dir, builder_kwargs)
+    except TypeError as e:  # wrong builder kwargs
+        raise ValueError(f"cannot build {name} with builder kwargs {builder_kwargs}: {e}") from None
+    except Exception as e:
+        if type(e).__name__ == "DatasetNotFoundError":  # tfds: not in its catalog
+            raise ValueError(f"unknown dataset {name!r}: not clipjax_shapes / fashion_mnist / collection, and not "
+                             "in the TFDS catalog") from None
+        raise
+
+
+def _check_split(builder, split: str):
+    base = split.split("[")[0]
+    if base not in builder.info.splits:
+        raise ValueError(f"{builder.info.name} has no split {split!r}; it has {sorted(builder.info.splits)}")
+
+
+def classification_info(builder, label_key: str = "label"):
+    import tensorflow_datasets as tfds
+
+    feat = builder.info.features
+    if label_key not in feat or not isinstance(feat[label_key], tfds.features.ClassLabel):
+        raise ValueError(f"{builder.info.name} has no ClassLabel feature {label_key!r} to classify")
+    return list(feat[label_key].names)
+
+
+def iterate_labelled(builder, split: str, batch: int, examples: Optional[int] = None,
+                     image_key: str = "image", label_key: str = "label") -> Iterator[tuple[list, np.ndarray]]:
+    """(list of uint8 HWC images, int labels) batches of the first `examples` records."""
+    import tensorflow_datasets as tfds
+
+    _check_split(builder, split)
+    ds = builder.as_dataset(split=split, shuffle_files=False,
+                            decoders=tfds.decode.PartialDecoding({image_key: True, label_key: True}))
+    if examples:
+        ds = ds.take(examples)
+    imgs, labels = [], []
+    for ex in tfds.as_numpy(ds):
+        imgs.append(ex[image_key])
+        labels.append(int(ex[label_key]))
+        if len(imgs) == batch:
+            yield imgs, np.asarray(labels)
+            imgs, labels = [], []
+    if imgs:
+        yield imgs, np.asarray(labels)
+
+
+def split_size(builder, split: str, examples: Optional[int]) -> int:
+    try:
+        n = builder.info.splits[split].num_examples
+    except (KeyError, ValueError):
+        n = 0
+    return min(n, examples) if examples else n
+
+
+def iterate_captioned(source, split: str, batch: int, examples: Optional[int] = None,
+                      image_key: str = "image", caption_key: Optional[str] = None):
+    """(list of uint8 images, list of caption lists) batches. `source`: a TFDS builder or an
+    ImageTextCollection."""
+    from clipjax.data.collection import ImageTextCollection
+
+    if isinstance(source, ImageTextCollection):
+        it = ((ex["image"], [ex["caption"]]) for ex in source)
+    else:
+        import tensorflow_datasets as tfds
+
+        feat = source.info.features
+        key = caption_key or next((k for k in _CAPTION_KEYS if k in feat), None)
+        if key is None:
+            raise ValueError(f"{source.info.name} has no caption feature ({', '.join(_CAPTION_KEYS)})")
+        _check_split(source, split)
+        ds = source.as_dataset(split=split, shuffle_files=False,
+                               decoders=tfds.decode.PartialDecoding({image_key: True, key: True}))
+
+        def caps(v):
+            if isinstance(v, dict):  # coco_captions: {"text": [...], "id": [...]}
+                v = v.get("text")
+            return [c.decode("utf-8") if isinstance(c, bytes) else str(c) for c in np.atleast_1d(v)]
+
+        it = ((ex[image_key], caps(ex[key])) for ex in tfds.as_numpy(ds))
+    imgs, caps_ = [], []
+    for n, (img, c) in enumerate(it):
+        if examples and n >= examples:
+            break
+        imgs.append(img)
+        caps_.append(c)
+        if len(imgs) == batch:
+            yield imgs, caps_
+            imgs, caps_ = [], []
+    if imgs:
+        yield imgs, caps_

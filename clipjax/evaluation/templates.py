@@ -1,0 +1,73 @@
+"""Class names and prompt templates per dataset, for zero-shot classification.
+
+ImageNet (1000 names, the CLIP paper's 80 templates), CIFAR-10/100 and MNIST come from OpenAI's
+CLIP repository (data/prompts.md and the ImageNet prompt-engineering notebook; MIT), stored in
+clipjax/assets/zeroshot_prompts.json. Fashion-MNIST and clipjax_shapes use their builders'
+names with their caption templates. Users override both with one-per-line files.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+_ASSET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "zeroshot_prompts.json")
+ALIASES = {"imagenet": "imagenet2012", "imagenet2012_subset": "imagenet2012", "imagenet_v2": "imagenet2012",
+           "imagenet_a": "imagenet2012", "imagenet_r": "imagenet2012", "imagenet_sketch": "imagenet2012",
+           "fashion_mnist": "clipjax_fashion_mnist"}
+
+
+@functools.lru_cache(maxsize=None)
+def _openai() -> dict:
+    with open(_ASSET) as f:
+        return json.load(f)
+
+
+def imagenet_templates() -> list[str]:
+    return list(_openai()["imagenet2012"]["templates"])
+
+
+def prompts_for(dataset: str) -> tuple[list[str], list[str]] | None:
+    """(classnames, templates) for a known dataset, else None."""
+    name = ALIASES.get(dataset, dataset).split(":")[0].split("/")[0]
+    data = _openai()
+    if name in data and isinstance(data[name], dict):
+        return list(data[name]["classnames"]), list(data[name]["templates"])
+    if name == "clipjax_fashion_mnist":
+        from clipjax.data.fashion_mnist import CAPTION_TEMPLATES, CLASSNAMES
+
+        return list(CLASSNAMES), list(CAPTION_TEMPLATES)
+    if name == "clipjax_shapes":
+        from clipjax.data.shapes_dataset import CLASSNAMES
+
+        return list(CLASSNAMES), ["a photo of a {}.", "a {}.", "a picture of a {}.", "there is a {} in the picture."]
+    return None
+
+
+def read_lines(path: str, what: str) -> list[str]:
+    """Non-empty, unique lines of a user file; a clear error naming the line otherwise."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read {what} file {path}: {e}") from e
+    seen: dict[str, int] = {}
+    for n, line in enumerate(lines, 1):
+        s = line.strip()
+        if not s:
+            if n == len(lines):  # a trailing newline is fine
+                continue
+            raise ValueError(f"{what} file {path}: line {n} is empty")
+        if s in seen:
+            raise ValueError(f"{what} file {path}: line {n} repeats line {seen[s]} ({s!r})")
+        seen[s] = n
+    if not seen:
+        raise ValueError(f"{what} file {path} is empty")
+    return list(seen)
+
+
+def check_templates(templates: list[str]) -> None:
+    bad = [t for t in templates if t.count("{}") != 1]
+    if bad:
+        raise ValueError(f"every template needs exactly one '{{}}' for the class name; bad: {bad[:3]}")
