@@ -64,7 +64,11 @@ def load_config(path: str, step: Optional[int] = None) -> CLIPConfig:
         raise CheckpointError(f"{path} holds no finished clipjax checkpoint")
     with ocp.CheckpointManager(path) as mngr:
         d = mngr.restore(step, args=ocp.args.Composite(**{CONFIG_ITEM: ocp.args.JsonRestore()}))[CONFIG_ITEM]
+    from clipjax.models.clipseg import CLIPSegConfig, is_clipseg_config
+
     try:
+        if is_clipseg_config(d):
+            return CLIPSegConfig.from_dict(d)
         return CLIPConfig.from_dict(d)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path} step {step}: model config is not a CLIP config: {e}") from None

@@ -11,21 +11,28 @@ from clipjax import sharding as shd
 
 
 def sharded_encoder(fn, mesh, rules, batch: int):
-    """`encode(variables, x (N, ...)) -> (N, E) host numpy`: x is split into global batches of
-    `batch` rows (padded at the end), each sharded over the batch axes of `mesh`."""
+    """`encode(variables, *xs) -> host numpy`: the arrays xs (same leading size N) are split
+    into global batches of `batch` rows (the last padded with zeros, its pad rows dropped),
+    each sharded over the batch axes of `mesh`; `fn(variables, *batch_arrays)` returns one
+    array with a leading batch axis."""
     jitted = jax.jit(fn)
 
-    def encode(variables, x: np.ndarray) -> np.ndarray:
-        n = len(x)
-        sharding = shd.batch_sharding(mesh, x.ndim, rules)
+    def pad(chunk):
+        if len(chunk) == batch:
+            return chunk
+        return np.concatenate([chunk, np.zeros((batch - len(chunk),) + chunk.shape[1:], chunk.dtype)])
+
+    def encode(variables, *xs) -> np.ndarray:
+        n = len(xs[0])
         out = []
         for i in range(0, n, batch):
-            chunk = x[i:i + batch]
-            if len(chunk) < batch:
-                chunk = np.concatenate([chunk, np.zeros((batch - len(chunk),) + chunk.shape[1:], chunk.dtype)])
-            arr = jax.make_array_from_callback(chunk.shape, sharding, lambda idx, c=chunk: c[idx])
+            arrs = []
+            for x in xs:
+                chunk = pad(np.asarray(x[i:i + batch]))
+                sharding = shd.batch_sharding(mesh, chunk.ndim, rules)
+                arrs.append(jax.make_array_from_callback(chunk.shape, sharding, lambda idx, c=chunk: c[idx]))
             with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-                emb = jitted(variables, arr)
+                emb = jitted(variables, *arrs)
             out.append(_gather(emb)[:min(batch, n - i)])
         return np.concatenate(out)
 
