@@ -3,6 +3,7 @@
     python evaluate.py --checkpoint PATH --task zeroshot --dataset fashion_mnist --output results.json
     python evaluate.py --checkpoint PATH --task retrieval --dataset clipjax_shapes
     python evaluate.py --checkpoint PATH --task linear_probe --dataset cifar10 --data-dir /data/tfds
+    python evaluate.py --checkpoint SEG --task segmentation --dataset clipjax_shapes --output seg.json
 
 PATH: a clipjax checkpoint or training workdir, a transformers CLIP directory or an
 OpenAI-layout file. Datasets: clipjax_shapes and fashion_mnist (built locally, no download),
@@ -11,6 +12,11 @@ downloaded: prepare it first), or `collection` with --source (CSV/TSV/JSONL or t
 retrieval. Zero-shot uses per-dataset class names and templates (the CLIP paper's 80 for
 ImageNet); --classnames / --templates override them (one per line). Images are preprocessed
 exactly as clipjax.load(...) does at inference; encoding is sharded over all local devices.
+
+Segmentation (a CLIPSeg checkpoint): every object of the split is segmented from its referring
+phrase; mIoU, IoU_FG and AP as the CLIPSeg paper defines them (best threshold, and at 0.5),
+also on objects whose colour-shape pair was held out of clipjax_shapes' training split; the
+first --overlays examples are drawn (image, truth, prediction) as PNGs beside --output.
 
 Output: a table on stdout; with --output, JSON (every metric at the top level, plus
 "settings") and, for classification, a confusion-matrix PNG beside it.
@@ -27,7 +33,7 @@ import time
 
 import numpy as np
 
-TASKS = ("zeroshot", "retrieval", "linear_probe")
+TASKS = ("zeroshot", "retrieval", "linear_probe", "segmentation")
 
 
 class EvalError(ValueError):
@@ -169,6 +175,56 @@ def linear_probe_task(args, enc: Encoders, builder) -> tuple[dict, dict]:
                          validation_split=val_split or f"last 20% of {args.train_split}")
 
 
+def segmentation(args, seg, builder) -> tuple[dict, dict]:
+    import jax
+
+    from clipjax import sharding as shd
+    from clipjax.data.segmentation import eval_examples
+    from clipjax.data.shapes_dataset import COLOR_NAMES, HELD_OUT, SHAPES
+    from clipjax.evaluation.encode import sharded_encoder
+    from clipjax.evaluation.segmentation import SegmentationMetrics, overlay_png
+    from clipjax.models.clipseg import CLIPSeg
+    from clipjax.preprocess import preprocess_images
+    from clipjax.tokenizer import tokenize
+    from clipjax.train.clipseg_task import _resize_masks
+
+    ev = eval_examples(builder, args.split, args.examples or 10 ** 9)
+    cfg, size = seg.cfg, seg.cfg.image_size
+    mesh = shd.make_mesh({"data": -1})
+    n_dev = mesh.devices.size
+    batch = max(n_dev, (args.batch_size + n_dev - 1) // n_dev * n_dev)
+    model = CLIPSeg(cfg)
+    run = sharded_encoder(lambda v, x, t: jax.nn.sigmoid(model.apply(v, x, t)), mesh, shd.DEFAULT_RULES, batch)
+    variables = jax.device_put(seg.variables, shd.replicated(mesh))
+    masks = _resize_masks(ev["masks"], size)
+    held_classes = [COLOR_NAMES.index(c) * len(SHAPES) + SHAPES.index(s) for c, s in HELD_OUT]
+    held = np.isin(ev["classes"], held_classes)
+    overall, heldout = SegmentationMetrics(), SegmentationMetrics()
+    n = len(ev["phrases"])
+    from tqdm import tqdm
+
+    with tqdm(total=n, desc="segmentation", unit="obj", disable=args.no_progress, file=sys.stderr) as bar:
+        for i in range(0, n, batch):
+            sl = slice(i, i + batch)
+            x = preprocess_images(list(ev["images"][sl]), size)
+            probs = run(variables, x, tokenize(ev["phrases"][sl], context_length=cfg.clip.text.context_length))
+            overall.add(probs, masks[sl], ev["classes"][sl])
+            if held[sl].any():
+                heldout.add(probs[held[sl]], masks[sl][held[sl]], ev["classes"][sl][held[sl]])
+            if i == 0 and args.output and args.overlays:
+                base = os.path.splitext(args.output)[0]
+                for k in range(min(args.overlays, len(x))):
+                    img = np.asarray(preprocess_images([ev["images"][k]], size, mean=(0, 0, 0), std=(1, 1, 1))[0])
+                    overlay_png((img * 255).round().astype(np.uint8), probs[k:k + 1], [ev["phrases"][k]],
+                                f"{base}_overlay_{k}.png", truth=masks[k])
+            bar.update(len(x))
+    metrics = overall.value()
+    if heldout.count:
+        h = heldout.value()
+        metrics.update({f"heldout_{k}": h[k] for k in ("miou", "iou_fg", "ap", "examples")})
+    return metrics, dict(objects=n)
+
+
 # ------------------------------------------------------------------------------------ output
 def print_table(metrics: dict) -> None:
     rows = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float))]
@@ -236,6 +292,7 @@ def main(argv=None) -> int:
     p.add_argument("--val-split", default="", help="linear probe: split for the C sweep (default: validation)")
     p.add_argument("--probe-examples", type=int, default=0, help="linear probe: cap on train/validation examples")
     p.add_argument("--confusion", default="", help="confusion-matrix PNG (default: beside --output)")
+    p.add_argument("--overlays", type=int, default=8, help="segmentation: overlay PNGs of the first N examples")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
@@ -244,26 +301,35 @@ def main(argv=None) -> int:
     from clipjax.data.images import NoUsableExamplesError
 
     t0 = time.time()
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     try:
-        clip = clipjax.load(args.checkpoint)
-        if not hasattr(clip, "encode_text"):
-            raise EvalError(f"{args.checkpoint} is not a CLIP model")
-        source = open_source(args)
-        enc = Encoders(clip, args.batch_size, progress=not args.no_progress)
-        fn = {"zeroshot": zeroshot, "retrieval": retrieval, "linear_probe": linear_probe_task}[args.task]
-        metrics, extra = fn(args, enc, source)
+        model = clipjax.load(args.checkpoint)
+        if args.task == "segmentation":
+            if not hasattr(model, "segment"):
+                raise EvalError(f"{args.checkpoint} is not a CLIPSeg model (--task segmentation needs one)")
+            source = open_source(args)
+            devices = len(__import__("jax").local_devices())
+            metrics, extra = segmentation(args, model, source)
+        else:
+            if not hasattr(model, "encode_text"):
+                raise EvalError(f"{args.checkpoint} is not a CLIP model")
+            source = open_source(args)
+            enc = Encoders(model, args.batch_size, progress=not args.no_progress)
+            devices = int(enc.mesh.devices.size)
+            fn = {"zeroshot": zeroshot, "retrieval": retrieval, "linear_probe": linear_probe_task}[args.task]
+            metrics, extra = fn(args, enc, source)
     except (clipjax.CheckpointError, EvalError, ValueError, DatasetNotPreparedError, DownloadNotAllowedError,
             NoUsableExamplesError, FileNotFoundError, json.JSONDecodeError) as e:
         print(f"evaluate.py: error: {e}", file=sys.stderr)
         return 2
     confusion = extra.pop("confusion", None)
     settings = {k: v for k, v in vars(args).items()} | extra | {
-        "devices": int(enc.mesh.devices.size), "global_batch": enc.batch, "seconds": round(time.time() - t0, 1)}
+        "devices": devices, "seconds": round(time.time() - t0, 1)}
     if "classnames" in settings:
         settings["num_classes"] = len(settings["classnames"])
     print_table(metrics)
     if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output, "w") as f:
             json.dump({**metrics, "settings": settings}, f, indent=2)
     png = args.confusion or (os.path.splitext(args.output)[0] + "_confusion.png" if args.output else "")

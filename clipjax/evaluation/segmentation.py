@@ -95,3 +95,30 @@ class SegmentationMetrics:
             out["ap"] = 0.0
         out["examples"] = self.count
         return out
+
+
+def overlay_png(image: np.ndarray, probs: np.ndarray, labels, path: str, threshold: float = 0.5,
+                truth: np.ndarray | None = None) -> None:
+    """The image, then per prompt its predicted mask (p > threshold) over the image, titled
+    with the prompt; with `truth` (H, W), the true mask is drawn first. image (H, W, 3) uint8;
+    probs (K, H, W) in [0, 1]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("image", None)] + ([("truth", truth.astype(np.float32))] if truth is not None else [])
+    panels += list(zip(labels, probs))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.3))
+    axes = np.atleast_1d(axes)
+    axes[0].imshow(image)
+    axes[0].set_title("image", fontsize=9)
+    for ax, (label, p) in zip(axes[1:], panels[1:]):
+        ax.imshow(image)
+        ax.imshow(np.ma.masked_where(p <= threshold, p), cmap="autumn", alpha=0.6, vmin=0, vmax=1)
+        ax.set_title(label if len(label) < 40 else label[:37] + "...", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

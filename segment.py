@@ -1,0 +1,80 @@
+"""Segment what prompts refer to in an image with a CLIPSeg model.
+
+    python segment.py --checkpoint PATH --image photo.jpg --prompt "the red circle" --prompt example.png \
+        --output out/
+
+PATH: a clipjax CLIPSeg checkpoint or training workdir, or a transformers CLIPSeg directory. A
+prompt is text, or the path of an example image (a visual prompt). Writes, per prompt,
+`mask_<k>.png` (the probability map, 0-255, at the image's size) and `overlay.png` (the image,
+then for each prompt the predicted mask over it, titled with the prompt — the layout of the
+CLIPSeg paper's examples). Prints the foreground fraction per prompt at --threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+
+def _prompts(raw):
+    """Strings that name an existing image file become PIL images (visual prompts)."""
+    from PIL import Image
+
+    out = []
+    for p in raw:
+        if os.path.isfile(p):
+            try:
+                with Image.open(p) as im:
+                    out.append(im.convert("RGB"))
+                continue
+            except OSError:
+                pass
+        out.append(p)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--image", required=True)
+    p.add_argument("--prompt", action="append", required=True, help="text, or an example image path; repeatable")
+    p.add_argument("--output", required=True, help="directory for mask_<k>.png and overlay.png")
+    p.add_argument("--threshold", type=float, default=0.5)
+    args = p.parse_args(argv)
+
+    from PIL import Image
+
+    import clipjax
+    from clipjax.convert.common import CheckpointError
+    from clipjax.evaluation.segmentation import overlay_png
+
+    try:
+        seg = clipjax.load(args.checkpoint)
+        if not hasattr(seg, "segment"):
+            raise ValueError(f"{args.checkpoint} is a CLIP model, not CLIPSeg")
+        with Image.open(args.image) as im:
+            image = np.asarray(im.convert("RGB"))
+    except (CheckpointError, ValueError, OSError) as e:
+        print(f"segment.py: error: {e}", file=sys.stderr)
+        return 2
+    prompts = _prompts(args.prompt)
+    logits = np.asarray(seg.segment([image] * len(prompts), prompts))  # (K, S, S)
+    probs = 1.0 / (1.0 + np.exp(-logits))
+    h, w = image.shape[:2]
+    resized = np.stack([np.asarray(Image.fromarray(pr.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR))
+                        for pr in probs])
+    os.makedirs(args.output, exist_ok=True)
+    labels = [a if isinstance(pr, str) else f"[image] {os.path.basename(a)}" for a, pr in zip(args.prompt, prompts)]
+    for k, (pr, label) in enumerate(zip(resized, labels)):
+        Image.fromarray(np.clip(pr * 255, 0, 255).astype(np.uint8)).save(os.path.join(args.output, f"mask_{k}.png"))
+        print(f"{label}: foreground {np.mean(pr > args.threshold):.3f}")
+    overlay_png(image, resized, labels, os.path.join(args.output, "overlay.png"), args.threshold)
+    print(f"wrote {args.output}/overlay.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
