@@ -167,3 +167,25 @@ def test_gradients_reach_only_the_decoder():
     clip_norm = sum(float(np.abs(x).sum()) for x in jax.tree_util.tree_leaves(g["clip"]))
     dec_norm = sum(float(np.abs(x).sum()) for x in jax.tree_util.tree_leaves(g["decoder"]))
     assert clip_norm == 0.0 and dec_norm > 0
+
+
+def test_convert_cli_clipseg(tmp_path):
+    import convert
+    from clipjax.checkpoint import load_clipjax
+
+    cfg = _cfg(patch=16, seg_size=64, reduce_dim=16)
+    variables, _ = _ours(_reference(cfg), cfg)
+    hf_clipseg.save_hf_clipseg(variables, cfg, str(tmp_path / "hf"))
+    assert convert.main(["--src", str(tmp_path / "hf"), "--dst", str(tmp_path / "cj"), "--to", "clipjax",
+                         "--image-size", "64"]) == 0
+    cfg2, back = load_clipjax(str(tmp_path / "cj"))
+    assert cfg2.reduce_dim == 16 and cfg2.image_size == 64
+    assert convert.main(["--src", str(tmp_path / "cj"), "--dst", str(tmp_path / "rd.pth"), "--to", "original"]) == 0
+    assert convert.main(["--src", str(tmp_path / "rd.pth"), "--clip", str(tmp_path / "rd.pth.clip.pt"),
+                         "--extract-layers", "1", "2", "3", "--decoder-heads", "2", "--dst", str(tmp_path / "hf2"),
+                         "--to", "hf", "--image-size", "64"]) == 0
+    a = flatten_variables(variables)
+    b = flatten_variables(hf_clipseg.load_hf_clipseg(str(tmp_path / "hf2"), 64)[1])
+    # hf -> clipjax -> original decoder + OpenAI-layout CLIP -> hf: every tensor bitwise
+    assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    assert convert.main(["--src", str(tmp_path / "cj"), "--dst", str(tmp_path / "x.pt"), "--to", "openai"]) == 2
