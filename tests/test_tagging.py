@@ -244,7 +244,7 @@ def test_sharded_apply_under_mesh():
         shardings = nn.unbox(logical_shardings(abstract, mesh, DEFAULT_RULES))
         placed = jax.device_put(variables, shardings)
         out = jax.jit(model.apply)(placed, image)
-    assert tuple(shardings["params"]["layers"]["mlp"]["fc1"]["kernel"].spec) == (None, "fsdp", "tensor")
+    assert tuple(shardings["params"]["transformer"]["layers"]["mlp"]["fc1"]["kernel"].spec) == (None, "fsdp", "tensor")
     assert tuple(shardings["params"]["W"].spec) == (None, "fsdp")  # "tags" is replicated
     with torch.no_grad():
         want, _ = ref(torch.from_numpy(image))

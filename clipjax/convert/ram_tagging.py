@@ -63,7 +63,7 @@ def _constants_prefix(jax_prefix: str) -> str:
 def tagging_rules(cfg: TaggingConfig, jax_prefix: str = "params", torch_prefix: str = "") -> list[Rule]:
     """Rules for a TaggingHead at `jax_prefix` <-> the original's keys under `torch_prefix`."""
     j, t = jax_prefix, torch_prefix
-    rules = block_rules(f"{j}/layers", f"{t}{HEAD}encoder.layer.{{i}}", TAGGING_LAYER)
+    rules = block_rules(f"{j}/transformer/layers", f"{t}{HEAD}encoder.layer.{{i}}", TAGGING_LAYER)
     if cfg.label_source == "learned":
         rules.append(Rule(f"{j}/label_embed", f"{t}label_embed.weight"))
     else:

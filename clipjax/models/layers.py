@@ -191,6 +191,8 @@ class Block(nn.Module):
 
     norm_first=True: CLIP / ViT pre-LN (x + attn(ln1 x); x + mlp(ln2 x)).
     norm_first=False: BERT post-LN (ln1(x + attn x); [ln_cross(x + xattn)]; ln2(x + mlp x)).
+    self_attention=False drops the attn/ln1 sub-layer (Query2Label's tagging layers in
+    Tag2Text / RAM: the queries only cross-attend the image).
     Returns (x, x) so `nn.scan` can also stack every layer's output (hidden states).
     """
 
@@ -201,6 +203,7 @@ class Block(nn.Module):
     norm_first: bool = True
     is_causal: bool = False
     cross_attention: bool = False
+    self_attention: bool = True
     dropout_rate: float = 0.0
     deterministic: bool = True
     dtype: Dtype = jnp.float32
@@ -220,12 +223,14 @@ class Block(nn.Module):
         mlp = Mlp(self.mlp_dim, self.act, self.dtype, self.param_dtype, name="mlp")
         x = constrain(x)
         if self.norm_first:
-            x = x + drop(attn("attn")(ln("ln1")(x), mask=mask, is_causal=self.is_causal))
+            if self.self_attention:
+                x = x + drop(attn("attn")(ln("ln1")(x), mask=mask, is_causal=self.is_causal))
             if self.cross_attention:
                 x = x + drop(attn("cross_attn")(ln("ln_cross")(x), encoder, mask=encoder_mask))
             x = x + drop(mlp(ln("ln2")(x)))
         else:
-            x = ln("ln1")(x + drop(attn("attn")(x, mask=mask, is_causal=self.is_causal)))
+            if self.self_attention:
+                x = ln("ln1")(x + drop(attn("attn")(x, mask=mask, is_causal=self.is_causal)))
             if self.cross_attention:
                 x = ln("ln_cross")(x + drop(attn("cross_attn")(x, encoder, mask=encoder_mask)))
             x = ln("ln2")(x + drop(mlp(x)))
@@ -248,6 +253,7 @@ class Transformer(nn.Module):
     norm_first: bool = True
     is_causal: bool = False
     cross_attention: bool = False
+    self_attention: bool = True
     dropout_rate: float = 0.0
     deterministic: bool = True
     dtype: Dtype = jnp.float32
@@ -285,6 +291,7 @@ class Transformer(nn.Module):
             norm_first=self.norm_first,
             is_causal=self.is_causal,
             cross_attention=self.cross_attention,
+            self_attention=self.self_attention,
             dropout_rate=self.dropout_rate,
             deterministic=self.deterministic,
             dtype=self.dtype,

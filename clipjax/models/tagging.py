@@ -41,16 +41,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from clipjax.models.bert import padding_mask
-from clipjax.models.layers import (
-    REMAT_POLICIES,
-    Attention,
-    Mlp,
-    constrain,
-    dense,
-    dtype_of,
-    layer_norm,
-    logical,
-)
+from clipjax.models.layers import Transformer, constrain, dense, dtype_of, logical
 
 LABEL_SOURCES = ("learned", "clip")
 CLASSIFIERS = ("groupwise", "shared")
@@ -132,32 +123,6 @@ def ram_tagging_config(num_tags: int = 4585, descriptions_per_tag: int = 1) -> T
 # ------------------------------------------------------------------------------------ model
 
 
-class TaggingLayer(nn.Module):
-    """BERT layer in the original's 'tagging' mode: cross-attention and feed-forward only.
-    Parameter names match `layers.Block` (cross_attn, ln_cross, mlp/fc1, mlp/fc2, ln2)."""
-
-    heads: int
-    mlp_dim: int
-    act: str = "gelu"
-    ln_eps: float = 1e-12
-    dropout_rate: float = 0.0
-    deterministic: bool = True
-    dtype: object = jnp.float32
-    param_dtype: object = jnp.float32
-    attention_impl: Optional[str] = None
-
-    @nn.compact
-    def __call__(self, x, image, image_mask):
-        drop = nn.Dropout(self.dropout_rate, deterministic=self.deterministic)
-        attn = Attention(self.heads, self.dtype, self.param_dtype, implementation=self.attention_impl,
-                         name="cross_attn")
-        x = constrain(x)
-        x = layer_norm(self.ln_eps, self.dtype, self.param_dtype, "ln_cross")(x + drop(attn(x, image, mask=image_mask)))
-        h = Mlp(self.mlp_dim, self.act, self.dtype, self.param_dtype, name="mlp")(x)
-        x = layer_norm(self.ln_eps, self.dtype, self.param_dtype, "ln2")(x + drop(h))
-        return constrain(x), None
-
-
 def _uniform(scale: float):
     def init(key, shape, dtype=jnp.float32):
         return jax.random.uniform(key, shape, dtype, -scale, scale)
@@ -228,22 +193,13 @@ class TaggingHead(nn.Module):
         if x.shape[0] != b:
             raise ValueError(f"per-image label embeddings have batch {x.shape[0]}, images {b}")
 
-        layer_cls = TaggingLayer
-        if self.remat_policy != "none":
-            if self.remat_policy not in REMAT_POLICIES:
-                raise ValueError(f"Unknown remat policy {self.remat_policy!r}; choose from {sorted(REMAT_POLICIES)}")
-            layer_cls = nn.remat(TaggingLayer, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=False)
-        stack = nn.scan(
-            layer_cls,
-            variable_axes={"params": 0},
-            split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast, nn.broadcast),
-            length=cfg.layers,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )(heads=cfg.heads, mlp_dim=cfg.mlp_dim, act=cfg.act, ln_eps=cfg.ln_eps, dropout_rate=self.dropout_rate,
-          deterministic=deterministic, dtype=dtype, param_dtype=pdtype, attention_impl=self.attention_impl,
-          name="layers")
-        x, _ = stack(constrain(x), constrain(image_tokens.astype(dtype)), padding_mask(image_mask))
+        # BERT layers in the original's 'tagging' mode: cross-attention + FFN, no self-attention
+        x, _ = Transformer(depth=cfg.layers, heads=cfg.heads, mlp_dim=cfg.mlp_dim, act=cfg.act, ln_eps=cfg.ln_eps,
+                           norm_first=False, cross_attention=True, self_attention=False,
+                           dropout_rate=self.dropout_rate, deterministic=deterministic, dtype=dtype,
+                           param_dtype=pdtype, remat_policy=self.remat_policy, attention_impl=self.attention_impl,
+                           name="transformer")(constrain(x), None, constrain(image_tokens.astype(dtype)),
+                                               padding_mask(image_mask))
 
         if cfg.classifier == "groupwise":
             # GroupWiseLinear: W (1, C, D), b (1, C) in the original, uniform(±1/sqrt(D)) init
