@@ -45,27 +45,16 @@ class Encoders:
     """Jitted image/text encoders of a LoadedCLIP, sharded over a mesh of all local devices."""
 
     def __init__(self, clip, batch_size: int, progress: bool):
-        import functools
-
         import jax
 
         from clipjax import sharding as shd
-        from clipjax.evaluation.encode import sharded_encoder
-        from clipjax.models.clip import CLIP
-        from clipjax.tokenizer import text_attention_mask
+        from clipjax.evaluation.encode import clip_encoders, global_batch
 
-        self.clip, self.batch, self.progress = clip, batch_size, progress
+        self.clip, self.progress = clip, progress
         self.mesh = shd.make_mesh({"data": -1})
-        rules = shd.DEFAULT_RULES
-        n = self.mesh.devices.size
-        self.batch = max(n, (batch_size + n - 1) // n * n)  # global batches split evenly
+        self.batch = global_batch(batch_size, self.mesh)
         self.variables = jax.device_put(clip.variables, shd.replicated(self.mesh))
-        model, cfg = CLIP(clip.cfg), clip.cfg
-        self._img = sharded_encoder(functools.partial(model.apply, method=CLIP.encode_image, normalize=True),
-                                    self.mesh, rules, self.batch)
-        self._txt = sharded_encoder(lambda v, ids: model.apply(v, ids, attention_mask=text_attention_mask(cfg.text, ids),
-                                                               method=CLIP.encode_text, normalize=True),
-                                    self.mesh, rules, self.batch)
+        self._img, self._txt = clip_encoders(clip.cfg, self.mesh, shd.DEFAULT_RULES, self.batch)
 
     def images(self, uint8_images) -> np.ndarray:
         return self._img(self.variables, self.clip.preprocess(uint8_images))
@@ -104,7 +93,7 @@ def classifier_cache_path(args, classnames, templates) -> str | None:
 def zeroshot(args, enc: Encoders, builder) -> tuple[dict, dict]:
     from clipjax.evaluation import templates as T
     from clipjax.evaluation.datasets import classification_info
-    from clipjax.evaluation.zeroshot import classification_metrics, text_classifier
+    from clipjax.evaluation.zeroshot import classification_metrics, heldout_metrics, text_classifier
 
     names = classification_info(builder)
     known = T.prompts_for(args.dataset)
@@ -126,13 +115,7 @@ def zeroshot(args, enc: Encoders, builder) -> tuple[dict, dict]:
     feats, labels = encode_labelled(enc, builder, args.split, args.examples, "zeroshot")
     logits = feats @ cls.T
     metrics = classification_metrics(logits, labels)
-    if args.dataset == "clipjax_shapes":
-        from clipjax.data.shapes_dataset import CLASSNAMES, HELD_OUT_CLASSNAMES
-
-        held = np.isin(labels, [CLASSNAMES.index(c) for c in HELD_OUT_CLASSNAMES])
-        if held.any():
-            metrics["heldout_top1"] = float(np.mean(logits[held].argmax(1) == labels[held]))
-            metrics["heldout_examples"] = int(held.sum())
+    metrics.update(heldout_metrics(args.dataset, logits, labels))
     extra = dict(classnames=classnames, templates=templates, classifier_cached=cached,
                  confusion=(logits.argmax(1), labels))
     return metrics, extra
@@ -177,52 +160,35 @@ def linear_probe_task(args, enc: Encoders, builder) -> tuple[dict, dict]:
 
 def segmentation(args, seg, builder) -> tuple[dict, dict]:
     import jax
+    from tqdm import tqdm
 
     from clipjax import sharding as shd
     from clipjax.data.segmentation import eval_examples
     from clipjax.data.shapes_dataset import COLOR_NAMES, HELD_OUT, SHAPES
-    from clipjax.evaluation.encode import sharded_encoder
-    from clipjax.evaluation.segmentation import SegmentationMetrics, overlay_png
-    from clipjax.models.clipseg import CLIPSeg
-    from clipjax.preprocess import preprocess_images
-    from clipjax.tokenizer import tokenize
-    from clipjax.train.clipseg_task import _resize_masks
+    from clipjax.evaluation.segmentation import ReferringSegmentation, overlay_png
+    from clipjax.preprocess import CLIP_MEAN, CLIP_STD
 
-    ev = eval_examples(builder, args.split, args.examples or 10 ** 9)
-    cfg, size = seg.cfg, seg.cfg.image_size
     mesh = shd.make_mesh({"data": -1})
-    n_dev = mesh.devices.size
-    batch = max(n_dev, (args.batch_size + n_dev - 1) // n_dev * n_dev)
-    model = CLIPSeg(cfg)
-    run = sharded_encoder(lambda v, x, t: jax.nn.sigmoid(model.apply(v, x, t)), mesh, shd.DEFAULT_RULES, batch)
-    variables = jax.device_put(seg.variables, shd.replicated(mesh))
-    masks = _resize_masks(ev["masks"], size)
-    held_classes = [COLOR_NAMES.index(c) * len(SHAPES) + SHAPES.index(s) for c, s in HELD_OUT]
-    held = np.isin(ev["classes"], held_classes)
-    overall, heldout = SegmentationMetrics(), SegmentationMetrics()
-    n = len(ev["phrases"])
-    from tqdm import tqdm
+    held = [COLOR_NAMES.index(c) * len(SHAPES) + SHAPES.index(s) for c, s in HELD_OUT]
+    ev = eval_examples(builder, args.split, args.examples or 10 ** 9)
+    score = ReferringSegmentation(seg.cfg, ev, mesh, shd.DEFAULT_RULES, args.batch_size,
+                                  held if args.dataset == "clipjax_shapes" else ())
+    bar = tqdm(total=len(score), desc="segmentation", unit="obj", disable=args.no_progress, file=sys.stderr)
+    base = os.path.splitext(args.output)[0] if args.output else None
 
-    with tqdm(total=n, desc="segmentation", unit="obj", disable=args.no_progress, file=sys.stderr) as bar:
-        for i in range(0, n, batch):
-            sl = slice(i, i + batch)
-            x = preprocess_images(list(ev["images"][sl]), size)
-            probs = run(variables, x, tokenize(ev["phrases"][sl], context_length=cfg.clip.text.context_length))
-            overall.add(probs, masks[sl], ev["classes"][sl])
-            if held[sl].any():
-                heldout.add(probs[held[sl]], masks[sl][held[sl]], ev["classes"][sl][held[sl]])
-            if i == 0 and args.output and args.overlays:
-                base = os.path.splitext(args.output)[0]
-                for k in range(min(args.overlays, len(x))):
-                    img = np.asarray(preprocess_images([ev["images"][k]], size, mean=(0, 0, 0), std=(1, 1, 1))[0])
-                    overlay_png((img * 255).round().astype(np.uint8), probs[k:k + 1], [ev["phrases"][k]],
-                                f"{base}_overlay_{k}.png", truth=masks[k])
-            bar.update(len(x))
-    metrics = overall.value()
-    if heldout.count:
-        h = heldout.value()
-        metrics.update({f"heldout_{k}": h[k] for k in ("miou", "iou_fg", "ap", "examples")})
-    return metrics, dict(objects=n)
+    def on_batch(start, pixels, probs):
+        bar.update(len(pixels))
+        if start == 0 and base:
+            shown = np.clip(pixels * np.asarray(CLIP_STD) + np.asarray(CLIP_MEAN), 0, 1)  # undo the normalisation
+            for k in range(min(args.overlays, len(pixels))):
+                overlay_png((shown[k] * 255).round().astype(np.uint8), probs[k:k + 1], [ev["phrases"][k]],
+                            f"{base}_overlay_{k}.png", truth=score.masks[k])
+
+    with bar:
+        metrics, heldout = score(jax.device_put(seg.variables, shd.replicated(mesh)), on_batch)
+    if heldout:
+        metrics.update({f"heldout_{k}": heldout[k] for k in ("miou", "iou_fg", "ap", "examples")})
+    return metrics, dict(objects=len(score), devices=int(mesh.devices.size))
 
 
 # ------------------------------------------------------------------------------------ output
@@ -308,24 +274,21 @@ def main(argv=None) -> int:
         if args.task == "segmentation":
             if not hasattr(model, "segment"):
                 raise EvalError(f"{args.checkpoint} is not a CLIPSeg model (--task segmentation needs one)")
-            source = open_source(args)
-            devices = len(__import__("jax").local_devices())
-            metrics, extra = segmentation(args, model, source)
+            metrics, extra = segmentation(args, model, open_source(args))
         else:
             if not hasattr(model, "encode_text"):
                 raise EvalError(f"{args.checkpoint} is not a CLIP model")
             source = open_source(args)
             enc = Encoders(model, args.batch_size, progress=not args.no_progress)
-            devices = int(enc.mesh.devices.size)
             fn = {"zeroshot": zeroshot, "retrieval": retrieval, "linear_probe": linear_probe_task}[args.task]
             metrics, extra = fn(args, enc, source)
+            extra["devices"] = int(enc.mesh.devices.size)
     except (clipjax.CheckpointError, EvalError, ValueError, DatasetNotPreparedError, DownloadNotAllowedError,
             NoUsableExamplesError, FileNotFoundError, json.JSONDecodeError) as e:
         print(f"evaluate.py: error: {e}", file=sys.stderr)
         return 2
     confusion = extra.pop("confusion", None)
-    settings = {k: v for k, v in vars(args).items()} | extra | {
-        "devices": devices, "seconds": round(time.time() - t0, 1)}
+    settings = vars(args) | extra | {"seconds": round(time.time() - t0, 1)}
     if "classnames" in settings:
         settings["num_classes"] = len(settings["classnames"])
     print_table(metrics)

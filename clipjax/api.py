@@ -38,6 +38,7 @@ def detect_format(path: str) -> str:
     """"clipjax" (Orbax directory), "hf" (transformers CLIPModel directory) or "openai"
     (a state-dict file in the OpenAI / open_clip layout)."""
     from clipjax.checkpoint import is_clipjax_checkpoint
+    from clipjax.convert.common import hf_model_type
     from clipjax.convert.hf_clip import is_hf_clip_dir
 
     if not os.path.exists(path):
@@ -45,13 +46,8 @@ def detect_format(path: str) -> str:
     if os.path.isdir(path):
         if is_hf_clip_dir(path):
             return "hf"
-        if os.path.exists(os.path.join(path, "config.json")):
-            import json
-
-            try:
-                mt = json.load(open(os.path.join(path, "config.json"))).get("model_type")
-            except ValueError:
-                mt = "unreadable"
+        mt = hf_model_type(path)
+        if mt is not None:
             raise CheckpointError(f"{path} is a transformers {mt!r} model directory, not a CLIP model")
         if is_clipjax_checkpoint(path) or is_clipjax_checkpoint(os.path.join(path, "checkpoints")):
             return "clipjax"

@@ -59,6 +59,19 @@ def to_torch(a: np.ndarray):
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
+def hf_model_type(path: str) -> Optional[str]:
+    """`model_type` of a transformers model directory's config.json; None when `path` is not
+    a directory with a config.json, "unreadable" when that file is not JSON."""
+    cfg = os.path.join(path, "config.json")
+    if not (os.path.isdir(path) and os.path.isfile(cfg)):
+        return None
+    try:
+        with open(cfg) as f:
+            return json.load(f).get("model_type")
+    except (OSError, ValueError):
+        return "unreadable"
+
+
 def find_weight_file(directory: str) -> str:
     for name in WEIGHT_FILES:
         p = os.path.join(directory, name)

@@ -17,6 +17,7 @@ from clipjax.convert.common import (
     CheckpointError,
     Rule,
     block_rules,
+    hf_model_type,
     linear_rules,
     norm_rules,
     read_state_dict,
@@ -118,14 +119,7 @@ def config_to_hf(cfg: CLIPConfig) -> dict:
 
 
 def is_hf_clip_dir(path: str) -> bool:
-    cfg = os.path.join(path, "config.json")
-    if not (os.path.isdir(path) and os.path.exists(cfg)):
-        return False
-    try:
-        with open(cfg) as f:
-            return json.load(f).get("model_type") == "clip"
-    except (OSError, ValueError):
-        return False
+    return hf_model_type(path) == "clip"
 
 
 def expected_clip_shapes(cfg: CLIPConfig) -> dict[str, tuple]:

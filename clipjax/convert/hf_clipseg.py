@@ -26,6 +26,7 @@ from clipjax.convert.common import (
     CheckpointError,
     Rule,
     block_rules,
+    hf_model_type,
     linear_rules,
     read_state_dict,
     torch_to_variables,
@@ -94,14 +95,7 @@ def config_to_hf(cfg: CLIPSegConfig) -> dict:
 
 
 def is_hf_clipseg_dir(path: str) -> bool:
-    p = os.path.join(path, "config.json")
-    if not os.path.isfile(p):
-        return False
-    try:
-        with open(p) as f:
-            return json.load(f).get("model_type") == "clipseg"
-    except (OSError, ValueError):
-        return False
+    return hf_model_type(path) == "clipseg"
 
 
 def from_hf_state_dict(sd: dict, cfg: CLIPSegConfig, what: str = "transformers CLIPSeg checkpoint") -> dict:

@@ -11,13 +11,6 @@ import jax
 import numpy as np
 
 from clipjax import sharding as shd
-from clipjax.preprocess import CLIP_MEAN, CLIP_STD
-
-
-def normalize_uint8(images: np.ndarray) -> np.ndarray:
-    """uint8 (B, H, W, 3) already at model size -> CLIP-normalised float32."""
-    x = images.astype(np.float32) / 255.0
-    return (x - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)
 
 
 def process_rows(sharding, batch_size: int) -> tuple[int, int]:

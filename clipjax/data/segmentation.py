@@ -22,17 +22,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from clipjax.data.shapes_dataset import COLOR_NAMES, POSITIONS, SHAPES, SIZES
-
-_POS_PHRASE = {"left": "on the left", "right": "on the right", "top": "at the top",
-               "bottom": "at the bottom", "center": "in the center"}
+from clipjax.data.shapes_dataset import COLOR_NAMES, POSITION_PHRASES, POSITIONS, SHAPES, SIZES
 
 
 def _phrase_table():
     import tensorflow as tf
 
     return (tf.constant(list(SIZES)), tf.constant(list(COLOR_NAMES)), tf.constant(list(SHAPES)),
-            tf.constant([_POS_PHRASE[p] for p in POSITIONS]))
+            tf.constant([POSITION_PHRASES[p] for p in POSITIONS]))
 
 
 def negative_phrase(objects, seed):

@@ -68,7 +68,7 @@ SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 
 _TRAIN_PAIRS = tuple((c, s) for s in SHAPES for c in COLOR_NAMES if (c, s) not in HELD_OUT)
 _ALL_PAIRS = tuple((c, s) for s in SHAPES for c in COLOR_NAMES)
-_POS_PHRASE = {"left": "on the left", "right": "on the right", "top": "at the top",
+POSITION_PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top",
                "bottom": "at the bottom", "center": "in the center"}
 _NUMBER = {1: "one", 2: "two", 3: "three"}
 
@@ -155,7 +155,7 @@ def _captions(objs, background: str, rng) -> list[str]:
         a(2),
         "a photo of " + a(1),
         f"{_NUMBER[n]} shape{'s' if n > 1 else ''} on a {background} background: " + a(3),
-        _join([f"a {_describe(o, 2)} {_POS_PHRASE[o['position']]}" for o in objs]),
+        _join([f"a {_describe(o, 2)} {POSITION_PHRASES[o['position']]}" for o in objs]),
         "a picture of " + a(0),
     ]
     perm = rng.permutation(len(caps))  # template order varies; content does not
@@ -195,7 +195,7 @@ def draw_example(seed: int, split: str, index: int, image_size: int = 64) -> dic
         objs.append({"color": color, "shape": shape, "size": size, "texture": texture,
                      "position": position, "mask_array": m, "area": int(m.sum())})
     for o in objs:
-        o["phrase"] = f"the {_describe(o, 2)} {_POS_PHRASE[o['position']]}"
+        o["phrase"] = f"the {_describe(o, 2)} {POSITION_PHRASES[o['position']]}"
     largest = max(objs, key=lambda o: o["area"])
     tags = np.zeros(len(TAGS), np.uint8)
     for o in objs:

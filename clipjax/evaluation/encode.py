@@ -45,3 +45,26 @@ def _gather(x) -> np.ndarray:
     from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def global_batch(batch: int, mesh) -> int:
+    """`batch` rounded up to a multiple of the mesh's devices (global batches split evenly)."""
+    n = mesh.devices.size
+    return max(n, (batch + n - 1) // n * n)
+
+
+def clip_encoders(cfg, mesh, rules, batch: int):
+    """(encode_images(variables, pixels), encode_ids(variables, ids)) of a CLIP config: jitted,
+    sharded over `mesh`, returning L2-normalised host embeddings. BERT towers get their padding
+    mask from the ids."""
+    import functools
+
+    from clipjax.models.clip import CLIP
+    from clipjax.tokenizer import text_attention_mask
+
+    model = CLIP(cfg)
+    images = sharded_encoder(functools.partial(model.apply, method=CLIP.encode_image, normalize=True),
+                             mesh, rules, batch)
+    ids = sharded_encoder(lambda v, t: model.apply(v, t, attention_mask=text_attention_mask(cfg.text, t),
+                                                   method=CLIP.encode_text, normalize=True), mesh, rules, batch)
+    return images, ids

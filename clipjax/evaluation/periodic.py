@@ -13,18 +13,16 @@ What runs is chosen from the config (`config.eval`, falling back to the training
 
 from __future__ import annotations
 
-import functools
 import logging
 
 import jax
 import numpy as np
 
 from clipjax import sharding as shd
-from clipjax.evaluation.encode import sharded_encoder
+from clipjax.evaluation.encode import clip_encoders, global_batch
 from clipjax.evaluation.retrieval import retrieval_metrics
-from clipjax.evaluation.zeroshot import text_classifier, topk_accuracy
-from clipjax.models.clip import CLIP
-from clipjax.tokenizer import make_text_tokenizer, text_attention_mask
+from clipjax.evaluation.zeroshot import heldout_metrics, text_classifier, topk_accuracy
+from clipjax.tokenizer import make_text_tokenizer
 
 log = logging.getLogger("clipjax.eval")
 
@@ -50,43 +48,27 @@ def eval_settings(config) -> dict:
 
 
 def load_eval_examples(settings: dict):
-    """-> (uint8 images list, labels or None, classnames or None, captions or None,
-    held-out mask or None) for the first `examples` records of the split."""
-    import tensorflow_datasets as tfds
+    """-> (uint8 images, labels or None, classnames or None, captions or None) for the first
+    `examples` records of the split, or None when there is nothing to evaluate."""
+    from clipjax.evaluation.datasets import classification_info, iterate_captioned, iterate_labelled, tfds_builder
 
-    from clipjax.data.pipeline import prepare_once
-
-    name = settings["dataset"]
+    name, split, n = settings["dataset"], settings["split"], settings["examples"]
     if name == "collection":
         return None
-    builder = prepare_once(name, settings["data_dir"], settings["builder_kwargs"])
-    split = settings["split"]
+    builder = tfds_builder(name, settings["data_dir"], settings["builder_kwargs"])
     if split not in builder.info.splits:
         log.warning("periodic evaluation: %s has no %r split; skipped", name, split)
         return None
-    features = builder.info.features
-    keys = [k for k in ("image", "label", "captions", "caption") if k in features]
-    ds = builder.as_dataset(split=split, shuffle_files=False,
-                            decoders=tfds.decode.PartialDecoding({k: True for k in keys}))
-    images, labels, captions = [], [], []
-    for ex in tfds.as_numpy(ds.take(settings["examples"])):
-        images.append(ex["image"])
-        if "label" in ex:
-            labels.append(int(ex["label"]))
-        cap = ex.get("captions", ex.get("caption"))
-        if cap is not None:
-            captions.append([c.decode("utf-8") for c in np.atleast_1d(cap)])
-    has_label = "label" in features and isinstance(features["label"], tfds.features.ClassLabel)
-    classnames = list(features["label"].names) if has_label else None
-    heldout = None
-    if name == "clipjax_shapes":
-        from clipjax.data.shapes_dataset import CLASSNAMES, HELD_OUT_CLASSNAMES
-
-        classnames = list(CLASSNAMES)
-        held = {CLASSNAMES.index(c) for c in HELD_OUT_CLASSNAMES}
-        heldout = np.array([lab in held for lab in labels])
-    return (images, np.asarray(labels, np.int64) if has_label else None, classnames,
-            captions or None, heldout)
+    try:
+        classnames = classification_info(builder)
+    except ValueError:  # no ClassLabel: evaluate retrieval on the captions
+        classnames = None
+    if classnames is not None:
+        batches = list(iterate_labelled(builder, split, n, n))
+        return ([i for imgs, _ in batches for i in imgs], np.concatenate([lab for _, lab in batches]) if batches
+                else np.zeros(0, np.int64), classnames, None)
+    batches = list(iterate_captioned(builder, split, n, n))
+    return [i for imgs, _ in batches for i in imgs], None, None, [c for _, caps in batches for c in caps]
 
 
 def make_periodic_evaluator(config, cfg, mesh=None, rules=None):
@@ -104,28 +86,20 @@ def make_periodic_evaluator(config, cfg, mesh=None, rules=None):
     if loaded is None:
         log.info("periodic evaluation: nothing to evaluate for %s", settings["dataset"])
         return None
-    images, labels, classnames, captions, heldout = loaded
+    images, labels, classnames, captions = loaded
     if not images:
         raise ValueError(f"periodic evaluation: split {settings['split']!r} of {settings['dataset']} is empty")
     pixels = preprocess_images(images, cfg.vision.image_size)  # the inference preprocessing
-    batch = int(config.batch_size)
-    model = CLIP(cfg)
     tokenize = make_text_tokenizer(cfg.text, config.data.get("tokenizer", None))
-    encode_image = sharded_encoder(
-        functools.partial(model.apply, method=CLIP.encode_image, normalize=True), mesh, rules, batch)
-    encode_ids = sharded_encoder(
-        lambda v, ids: model.apply(v, ids, attention_mask=text_attention_mask(cfg.text, ids),
-                                   method=CLIP.encode_text, normalize=True), mesh, rules, batch)
+    encode_image, encode_ids = clip_encoders(cfg, mesh, rules, global_batch(int(config.batch_size), mesh))
 
     def evaluate(variables) -> dict:
         img = encode_image(variables, pixels)
-        if classnames is not None and labels is not None:
+        if classnames is not None:
             cls = text_classifier(lambda t: encode_ids(variables, tokenize(t)), classnames, settings["templates"])
             logits = img @ cls.T
-            acc = {f"zeroshot_{k}": v for k, v in topk_accuracy(logits, labels).items()}
-            if heldout is not None and heldout.any():
-                acc["zeroshot_heldout_top1"] = float(np.mean(logits[heldout].argmax(1) == labels[heldout]))
-            return acc
+            acc = {**topk_accuracy(logits, labels), **heldout_metrics(settings["dataset"], logits, labels)}
+            return {f"zeroshot_{k}": v for k, v in acc.items()}
         texts = [c for caps in captions for c in caps]
         owner = np.repeat(np.arange(len(captions)), [len(c) for c in captions])
         txt = encode_ids(variables, tokenize(texts))

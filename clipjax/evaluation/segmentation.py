@@ -97,6 +97,60 @@ class SegmentationMetrics:
         return out
 
 
+def resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
+    """(N, H, W) 0/1 masks of square images -> (N, size, size) 0/1 (nearest): for square
+    inputs clipjax.preprocess's short-side resize + centre crop is a plain resize."""
+    from PIL import Image
+
+    if masks.shape[1:] == (size, size):
+        return masks.astype(np.uint8)
+    return np.stack([np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 127
+                     for m in masks]).astype(np.uint8)
+
+
+class ReferringSegmentation:
+    """Segment every object of `eval_examples(...)` output from its phrase and score it.
+
+    Compiled once (a jitted CLIPSeg sharded over `mesh`); `__call__(variables)` ->
+    (metrics of all objects, metrics of the objects whose class is in `heldout_classes`, or
+    None). `on_batch(start, pixels, probs)` sees every batch (e.g. to draw overlays)."""
+
+    def __init__(self, cfg, examples: dict, mesh, rules, batch: int, heldout_classes=()):
+        import jax
+
+        from clipjax.evaluation.encode import global_batch, sharded_encoder
+        from clipjax.models.clipseg import CLIPSeg
+
+        model = CLIPSeg(cfg)
+        self.cfg, self.ev = cfg, examples
+        self.batch = global_batch(batch, mesh)
+        self._run = sharded_encoder(lambda v, x, t: jax.nn.sigmoid(model.apply(v, x, t)), mesh, rules, self.batch)
+        self.masks = resize_masks(examples["masks"], cfg.image_size)
+        self.held = np.isin(examples["classes"], list(heldout_classes))
+
+    def __len__(self) -> int:
+        return len(self.ev["phrases"])
+
+    def __call__(self, variables, on_batch=None):
+        from clipjax.preprocess import preprocess_images
+        from clipjax.tokenizer import tokenize
+
+        ev, cfg = self.ev, self.cfg
+        overall, heldout = SegmentationMetrics(), SegmentationMetrics()
+        for i in range(0, len(self), self.batch):
+            sl = slice(i, i + self.batch)
+            pixels = preprocess_images(list(ev["images"][sl]), cfg.image_size)
+            ids = tokenize(ev["phrases"][sl], context_length=cfg.clip.text.context_length)
+            probs = self._run(variables, pixels, ids)
+            overall.add(probs, self.masks[sl], ev["classes"][sl])
+            held = self.held[sl]
+            if held.any():
+                heldout.add(probs[held], self.masks[sl][held], ev["classes"][sl][held])
+            if on_batch is not None:
+                on_batch(i, pixels, probs)
+        return overall.value(), (heldout.value() if heldout.count else None)
+
+
 def overlay_png(image: np.ndarray, probs: np.ndarray, labels, path: str, threshold: float = 0.5,
                 truth: np.ndarray | None = None) -> None:
     """The image, then per prompt its predicted mask (p > threshold) over the image, titled

@@ -33,3 +33,17 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
     recalls = [np.mean(pred[labels == c] == c) for c in range(logits.shape[1]) if np.any(labels == c)]
     out["mean_per_class_recall"] = float(np.mean(recalls))
     return out
+
+
+def heldout_metrics(dataset: str, logits: np.ndarray, labels: np.ndarray) -> dict:
+    """clipjax_shapes: top-1 (with the full classifier) on the examples whose class is a
+    colour-shape pair held out of training; {} for other datasets or when none is present."""
+    if dataset != "clipjax_shapes":
+        return {}
+    from clipjax.data.shapes_dataset import CLASSNAMES, HELD_OUT_CLASSNAMES
+
+    held = np.isin(labels, [CLASSNAMES.index(c) for c in HELD_OUT_CLASSNAMES])
+    if not held.any():
+        return {}
+    return {"heldout_top1": float(np.mean(logits[held].argmax(1) == labels[held])),
+            "heldout_examples": int(held.sum())}

@@ -82,37 +82,16 @@ def make_segmentation_evaluator(config, cfg, mesh, rules):
         return None
     from clipjax.data.pipeline import builder_kwargs, prepare_once
     from clipjax.data.segmentation import eval_examples
-    from clipjax.evaluation.encode import sharded_encoder
-    from clipjax.evaluation.segmentation import SegmentationMetrics
-    from clipjax.models.clipseg import CLIPSeg
-    from clipjax.preprocess import preprocess_images
-    from clipjax.tokenizer import tokenize
+    from clipjax.evaluation.segmentation import ReferringSegmentation
 
     d = config.data
     name = d.get("name") or "clipjax_shapes"
     builder = prepare_once(name, d.get("data_dir", None) or None, builder_kwargs(d, name))
-    ev = eval_examples(builder, "validation", int(config.get("eval_examples", 200)))
-    pixels = preprocess_images(list(ev["images"]), cfg.image_size)
-    ids = tokenize(ev["phrases"], context_length=cfg.clip.text.context_length)
-    masks = _resize_masks(ev["masks"], cfg.image_size)
-    model = CLIPSeg(cfg)
-    run = sharded_encoder(lambda v, x, t: jax.nn.sigmoid(model.apply(v, x, t)), mesh, rules, int(config.batch_size))
+    score = ReferringSegmentation(cfg, eval_examples(builder, "validation", int(config.get("eval_examples", 200))),
+                                  mesh, rules, int(config.batch_size))
 
     def evaluate(variables) -> dict:
-        m = SegmentationMetrics()
-        m.add(run(variables, pixels, ids), masks, ev["classes"])
-        v = m.value()
+        v, _ = score(variables)
         return {f"seg_{k}": v[k] for k in ("miou", "iou_fg", "ap")}
 
     return evaluate
-
-
-def _resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
-    """(N, H, W) 0/1 -> (N, size, size) 0/1, the geometry of clipjax.preprocess (short side
-    resize + centre crop) for square inputs: a plain resize (nearest)."""
-    from PIL import Image
-
-    if masks.shape[1:] == (size, size):
-        return masks.astype(np.uint8)
-    return np.stack([np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 127
-                     for m in masks]).astype(np.uint8)
