@@ -94,7 +94,7 @@ def test_shapes_masks_phrases_tags_labels(shapes):
             tags |= {color, shape, size, texture}
             phrase = o["phrase"][i].decode()
             assert phrase.startswith(f"the {size} {color} {shape} ")
-            assert phrase.endswith(sd._POS_PHRASE[pos])
+            assert phrase.endswith(sd.POSITION_PHRASES[pos])
             ys, xs = np.nonzero(masks[i])
             cy, cx = ys.mean() / 48, xs.mean() / 48
             expect = {"left": cx < 1 / 3, "right": cx > 2 / 3, "top": cy < 1 / 3,
