@@ -229,3 +229,66 @@ def save_hf_bert(variables: dict, cfg: TextConfig, path: str) -> None:
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(bert_config_to_hf(cfg), f, indent=2)
     write_state_dict(bert_to_state_dict(variables, cfg), os.path.join(path, "model.safetensors"))
+
+
+# ------------------------------------------------------------------ BertLMHeadModel (decoder)
+
+# The prediction head's decoder is tied to the word embeddings (weight) and to
+# cls.predictions.bias (bias): `state_dict()` (and recognize-anything's torch.save files)
+# hold both copies, `save_pretrained` files only one.
+LM_TIED = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
+
+
+def bert_lm_rules(cfg: TextConfig, jax_prefix: str = "params", torch_prefix: str = "") -> list[Rule]:
+    """Rules for a clipjax CaptionDecoder at `jax_prefix` <-> a BertLMHeadModel under `torch_prefix`."""
+    import dataclasses
+
+    j, t = jax_prefix, torch_prefix
+    rules, _ = bert_rules(dataclasses.replace(cfg, pool="cls"), f"{j}/bert", f"{t}bert.")
+    return rules + [
+        *linear_rules(f"{j}/transform", f"{t}cls.predictions.transform.dense"),
+        *norm_rules(f"{j}/transform_ln", f"{t}cls.predictions.transform.LayerNorm"),
+        Rule(f"{j}/lm_bias", f"{t}cls.predictions.bias"),
+    ]
+
+
+def bert_lm_expected_shapes(cfg: TextConfig, jax_prefix: str = "params",
+                            encoder_width: Optional[int] = None) -> dict[str, tuple]:
+    import jax.numpy as jnp
+
+    from clipjax.models.captioning import CaptionDecoder
+
+    shapes = expected_shapes(CaptionDecoder(cfg, encoder_width=encoder_width),
+                             jnp.zeros((1, min(cfg.context_length, 8)), jnp.int32))
+    return {jax_prefix + k[len("params"):]: v for k, v in shapes.items() if k.startswith("params/")}
+
+
+def bert_lm_from_state_dict(sd: dict, cfg: TextConfig, jax_prefix: str = "params", torch_prefix: str = "",
+                            encoder_width: Optional[int] = None, what: str = "BertLMHeadModel checkpoint") -> dict:
+    """A BertLMHeadModel state dict (with or without the tied decoder copies) -> variables.
+    Tied copies must equal what they are tied to: an untied head is refused, not dropped."""
+    t = torch_prefix
+    sd = {k: v for k, v in sd.items() if k not in {f"{t}bert.{b}" for b in _BUFFERS}}
+    for key, twin in zip(LM_TIED, (f"{t}bert.embeddings.word_embeddings.weight", f"{t}cls.predictions.bias")):
+        if t + key in sd:
+            copy = sd.pop(t + key)
+            if twin in sd and not np.array_equal(np.asarray(copy), np.asarray(sd[twin])):
+                raise CheckpointError(f"{what}: {t + key} differs from {twin}; clipjax's decoder ties them "
+                                      "(tie_word_embeddings=True) and cannot load an untied head")
+    if encoder_width is None and cfg.cross_attention:
+        encoder_width = infer_encoder_width(sd, t + "bert.")
+    expected = bert_lm_expected_shapes(cfg, jax_prefix, encoder_width)
+    return torch_to_variables(sd, bert_lm_rules(cfg, jax_prefix, t), expected, what=what, dtype=np.float32)
+
+
+def bert_lm_to_state_dict(variables: dict, cfg: TextConfig, jax_prefix: str = "params", torch_prefix: str = "",
+                          tied_copies: bool = True) -> dict[str, np.ndarray]:
+    """variables -> a BertLMHeadModel state dict; `tied_copies` also writes the decoder's tied
+    weight and bias, as `state_dict()` has them (False: as `save_pretrained` files)."""
+    t = torch_prefix
+    flat = {k: v for k, v in flatten_variables(variables).items() if k.startswith(jax_prefix + "/")}
+    sd = variables_to_torch(unflatten_variables(flat), bert_lm_rules(cfg, jax_prefix, t))
+    if tied_copies:
+        sd[t + LM_TIED[0]] = sd[f"{t}bert.embeddings.word_embeddings.weight"].copy()
+        sd[t + LM_TIED[1]] = sd[f"{t}cls.predictions.bias"].copy()
+    return sd

@@ -41,7 +41,8 @@ class BertEncoder(nn.Module):
     Without `encoder_hidden_states` the cross-attention sub-layers are skipped, as
     transformers and BLIP's text-only mode do. `encoder_width` (default: the text width)
     only sizes the cross-attention key/value kernels when the module is initialised
-    without encoder states.
+    without encoder states. `causal` makes the self-attention causal (a decoder, see
+    clipjax.models.captioning).
     """
 
     cfg: TextConfig
@@ -52,6 +53,8 @@ class BertEncoder(nn.Module):
     attention_impl: Optional[str] = None
     dropout_rate: float = 0.1
     encoder_width: Optional[int] = None
+    # BertLMHeadModel / BLIP's decoder: causal self-attention (combined with the padding mask)
+    causal: bool = False
 
     @nn.compact
     def __call__(
@@ -123,6 +126,7 @@ class BertEncoder(nn.Module):
             act=cfg.act,
             ln_eps=cfg.ln_eps,
             norm_first=False,
+            is_causal=self.causal,
             cross_attention=use_cross,
             dropout_rate=self.dropout_rate,
             deterministic=deterministic,
