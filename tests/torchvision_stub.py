@@ -60,3 +60,31 @@ def install():
         sys.modules[name] = _StubModule(name)
     sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]
     sys.modules["torchvision.transforms"].functional = sys.modules["torchvision.transforms.functional"]
+
+
+_TIMM_EXTRA = ("torchvision.transforms.v2", "torchvision.transforms.v2.functional", "torchvision.models",
+               "torchvision.io", "torchvision.datasets", "torchvision.utils", "torchvision.ops.boxes")
+
+
+def import_timm():
+    """Import timm (a parity reference for the original Swin / BLIP ViT layouts) the same way:
+    the stand-in exists only while timm's package import runs."""
+    if "timm" in sys.modules:
+        return sys.modules["timm"]
+    import transformers  # noqa: F401
+
+    if "torchvision" in sys.modules:
+        import timm
+
+        return timm
+    names = _NAMES + _TIMM_EXTRA
+    for name in names:
+        sys.modules[name] = _StubModule(name)
+    try:
+        import timm
+        import timm.models.swin_transformer  # noqa: F401
+        import timm.models.vision_transformer  # noqa: F401
+    finally:
+        for name in names:
+            sys.modules.pop(name, None)
+    return timm

@@ -57,7 +57,8 @@ def resize_pos_grid(grid: jnp.ndarray, out_h: int, out_w: int) -> jnp.ndarray:
 
 
 class VisionTransformer(nn.Module):
-    """Returns dict(tokens=encoder output (B, 1+N, W) before the final norm,
+    """Returns dict(tokens=encoder output (B, 1+N, W) before the final norm (after it with
+    norm_all_tokens),
     pooled=normed class token (after the pooler if any), embeds=projection of pooled or None,
     hidden=every layer's output stacked (L, B, 1+N, W) when return_hidden)."""
 
@@ -67,6 +68,9 @@ class VisionTransformer(nn.Module):
     param_dtype: str = "float32"
     remat_policy: str = "none"
     attention_impl: Optional[str] = None
+    # BLIP / timm ViT (Tag2Text's ViT tower): ln_post normalises every token, and `tokens` is
+    # returned after it
+    norm_all_tokens: bool = False
 
     @nn.compact
     def __call__(self, images, return_hidden: bool = False, deterministic: bool = True):
@@ -119,7 +123,11 @@ class VisionTransformer(nn.Module):
             name="transformer",
         )(x)
 
-        pooled = layer_norm(cfg.ln_eps, dtype, pdtype, "ln_post")(x[:, 0])
+        if self.norm_all_tokens:
+            x = layer_norm(cfg.ln_eps, dtype, pdtype, "ln_post")(x)
+            pooled = x[:, 0]
+        else:
+            pooled = layer_norm(cfg.ln_eps, dtype, pdtype, "ln_post")(x[:, 0])
         if cfg.pooler:
             pooled = jnp.tanh(dense(d, ("embed", "embed_out"), dtype, pdtype, name="pooler")(pooled))
         embeds = None

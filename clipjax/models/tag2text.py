@@ -1,0 +1,225 @@
+"""Tag2Text and RAM as one Flax module: image tower -> tagging head (tags), tag encoder
+(tags as text cross-attending the image) -> caption decoder (cross-attending the tag
+encoding); RAM adds `image_proj` (every image token to the CLIP width, which the head, the
+tag encoder and the CLIP distillation loss read) and CLIP-text tag queries.
+
+| | Tag2Text | RAM |
+|---|---|---|
+| tag queries | learned `label_embed`, GroupWiseLinear | frozen CLIP text embeddings, shared Linear(768, 1) |
+| image tokens into head / tag encoder | vision tokens (width of the tower) | image_proj(vision tokens) (512) |
+| losses | ASL + captioning LM | ASL + captioning LM + L1 to CLIP image features |
+
+Weight tying (recognize-anything `tie_encoder_decoder_weights(tag_encoder, tagging_head)`):
+the tag encoder's lowest layers share the tagging head's cross-attention, FFN and their
+LayerNorms. Flax has no shared parameters across differently-shaped modules, so the tie is
+functional: `tie_tag_encoder(params)` overwrites those slices of the tag encoder's stacked
+layers with the head's, and every entry point (training loss, inference, export) applies it
+first. Gradients then reach the head's tensors through both paths, exactly as with shared
+PyTorch Parameters; the tag encoder's own copies of those slices are dead (never read).
+
+Vision towers: "swin" (clipjax.models.swin, the released checkpoints' Swin-B/Swin-L: average-
+pooled token + patch tokens) or "vit" (BLIP's / timm's ViT: pre-LN, final LayerNorm on every
+token; the released Tag2Text code's `vit='base'` option, used here for models trained from
+scratch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from clipjax.models.bert import BertEncoder
+from clipjax.models.captioning import CaptionDecoder
+from clipjax.models.config import TextConfig, VisionConfig, _build
+from clipjax.models.layers import dense, dtype_of
+from clipjax.models.tagging import TaggingConfig, TaggingHead
+
+VARIANTS = ("tag2text", "ram")
+VISION_KINDS = ("vit", "swin")
+PROMPT = "a picture of "  # Tag2Text / RAM caption prompt (BLIP's trick)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tag2TextConfig:
+    variant: str = "tag2text"
+    vision_kind: str = "vit"
+    vision: VisionConfig = VisionConfig(kind="vit", act="gelu", ln_pre=False, patch_bias=True, ln_eps=1e-6)
+    swin: Optional[dict] = None  # clipjax.models.swin.SwinConfig fields when vision_kind == "swin"
+    tagging: TaggingConfig = TaggingConfig(label_source="learned", classifier="groupwise", encoder_width=768)
+    # the "med" BERT shared by the tag encoder and the caption decoder (BLIP's med_config.json)
+    text: TextConfig = TextConfig(kind="bert", vocab_size=30524, context_length=512, width=768, layers=12,
+                                  heads=12, mlp_dim=3072, act="gelu", ln_eps=1e-12, eos_token_id=None,
+                                  pad_token_id=0, pool="cls", cross_attention=True)
+    image_proj_dim: Optional[int] = None  # RAM: 512 (CLIP ViT-B/16's embedding width)
+    captioning: bool = True  # tag encoder + caption decoder (RAM++ has neither)
+    # token ids of the tokenizer the model was trained with (bert-base-uncased + [DEC], [ENC])
+    bos_token_id: int = 30522  # [DEC]
+    enc_token_id: int = 30523  # [ENC]
+    sep_token_id: int = 102  # [SEP]: end of a caption
+    prompt: str = PROMPT
+    tag_max_length: int = 40
+    caption_max_length: int = 40
+    # runtime
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat_policy: str = "none"
+    attention_impl: Optional[str] = None
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.vision_kind not in VISION_KINDS:
+            raise ValueError(f"vision_kind must be one of {VISION_KINDS}, got {self.vision_kind!r}")
+        if self.vision_kind == "swin" and not self.swin:
+            raise ValueError("vision_kind 'swin' needs the swin config")
+        if self.text.kind != "bert" or not self.text.cross_attention:
+            raise ValueError("the tag encoder / caption decoder need a 'bert' TextConfig with cross_attention")
+        want = self.image_proj_dim or self.vision_width
+        if self.tagging.encoder_width != want:
+            raise ValueError(f"the tagging head reads {self.tagging.encoder_width}-wide image tokens, the model "
+                             f"gives {want} ({'image_proj' if self.image_proj_dim else 'vision width'})")
+        if self.variant == "ram" and not self.image_proj_dim:
+            raise ValueError("RAM needs image_proj_dim (the CLIP embedding width, 512 in the release)")
+
+    @property
+    def swin_config(self):
+        from clipjax.models.swin import SwinConfig
+
+        return SwinConfig.from_dict(self.swin)
+
+    @property
+    def vision_width(self) -> int:
+        return self.swin_config.width if self.vision_kind == "swin" else self.vision.width
+
+    @property
+    def image_size(self) -> int:
+        return self.swin_config.image_size if self.vision_kind == "swin" else self.vision.image_size
+
+    @property
+    def image_width(self) -> int:
+        """Width of the image tokens the head and the tag encoder read."""
+        return self.image_proj_dim or self.vision_width
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Tag2TextConfig":
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"Unknown Tag2TextConfig fields: {sorted(unknown)}")
+        vision = _build(VisionConfig, d.pop("vision", {}))
+        text = _build(TextConfig, d.pop("text", {}))
+        tagging = d.pop("tagging", {})
+        tagging = tagging if isinstance(tagging, TaggingConfig) else TaggingConfig.from_dict(tagging)
+        return cls(vision=vision, text=text, tagging=tagging, **d)
+
+    def replace(self, **kw: Any) -> "Tag2TextConfig":
+        return dataclasses.replace(self, **kw)
+
+
+class Tag2Text(nn.Module):
+    """Tag2Text / RAM. `__call__` runs every part (training); the methods run one each
+    (inference): `image_tokens`, `tag_logits`, `encode_tags`, `decode`.
+
+    Tag and caption ids come from the tokenizer the model uses: tags joined " | " with [ENC]
+    in place of [CLS]; captions as `prompt + caption` with [DEC] in place of [CLS].
+    Apply the tie first: `model.apply({"params": tie_tag_encoder(params), ...}, ...)`.
+    """
+
+    cfg: Tag2TextConfig
+    dropout_rate: float = 0.0  # BERT hidden dropout (0.1 in the release's med config) for training
+
+    def setup(self):
+        cfg = self.cfg
+        rt = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, remat_policy=cfg.remat_policy,
+                  attention_impl=cfg.attention_impl)
+        if cfg.vision_kind == "swin":
+            from clipjax.models.swin import SwinTransformer
+
+            self.visual_encoder = SwinTransformer(cfg.swin_config, **rt)
+        else:
+            from clipjax.models.vit import VisionTransformer
+
+            self.visual_encoder = VisionTransformer(cfg.vision, norm_all_tokens=True, **rt)
+        if cfg.image_proj_dim:
+            self.image_proj = dense(cfg.image_proj_dim, ("embed", "proj"), dtype_of(cfg.dtype),
+                                    dtype_of(cfg.param_dtype))
+        self.tagging_head = TaggingHead(cfg.tagging, dropout_rate=self.dropout_rate, **rt)
+        if cfg.captioning:
+            self.tag_encoder = BertEncoder(cfg.text, dropout_rate=self.dropout_rate, encoder_width=cfg.image_width,
+                                           **rt)
+            self.text_decoder = CaptionDecoder(cfg.text, dropout_rate=self.dropout_rate,
+                                               encoder_width=cfg.text.width, **rt)
+
+    def image_tokens(self, images, deterministic: bool = True):
+        """NHWC images (normalised) -> (B, 1+L, image_width): the pooled/[CLS] token first."""
+        if self.cfg.vision_kind == "swin":
+            x = self.visual_encoder(images)["tokens"]
+        else:
+            x = self.visual_encoder(images, deterministic=deterministic)["tokens"]
+        if self.cfg.image_proj_dim:
+            x = self.image_proj(x)
+        return x
+
+    def tag_logits(self, image_tokens, label_embed=None, deterministic: bool = True):
+        return self.tagging_head(image_tokens, label_embed=label_embed, deterministic=deterministic)["logits"]
+
+    def encode_tags(self, tag_ids, image_tokens, deterministic: bool = True):
+        mask = (tag_ids != self.cfg.text.pad_token_id).astype(jnp.int32)
+        return self.tag_encoder(tag_ids, mask, encoder_hidden_states=image_tokens,
+                                deterministic=deterministic)["tokens"]
+
+    def decode(self, caption_ids, tag_states, caption_mask=None, tag_mask=None, deterministic: bool = True):
+        """Next-token logits (B, T, vocab). The release passes no mask over the tag states
+        (encoder_attention_mask=None: padded tag positions are attended too); pass `tag_mask`
+        to mask them."""
+        if caption_mask is None:
+            caption_mask = (caption_ids != self.cfg.text.pad_token_id).astype(jnp.int32)
+        return self.text_decoder(caption_ids, caption_mask, tag_states, tag_mask,
+                                 deterministic=deterministic)["logits"]
+
+    def __call__(self, images, tag_ids=None, caption_ids=None, label_embed=None, deterministic: bool = True):
+        tokens = self.image_tokens(images, deterministic)
+        tag_logits = self.tag_logits(tokens, label_embed, deterministic)
+        logits = None
+        if self.cfg.captioning:
+            states = self.encode_tags(tag_ids, tokens, deterministic)
+            logits = self.decode(caption_ids, states, deterministic=deterministic)
+        return dict(tag_logits=tag_logits, caption_logits=logits, image_cls=tokens[:, 0])
+
+
+# -------------------------------------------------------------------------------- tying
+
+TIED = ("cross_attn", "ln_cross", "mlp", "ln2")  # the head's whole layer (it has no self-attention)
+
+
+def tie_tag_encoder(params: dict) -> dict:
+    """params with tag_encoder/transformer/layers/{cross_attn, ln_cross, mlp, ln2}[:n] replaced
+    by the tagging head's n layers (recognize-anything's tie). Identity without a tag encoder."""
+    if "tag_encoder" not in params:
+        return params
+    head = params["tagging_head"]["transformer"]["layers"]
+    enc = params["tag_encoder"]["transformer"]["layers"]
+    new_enc = dict(enc)
+    for name in TIED:
+        # the head may split the same Linear into other head counts (4 vs 12): reshape, as
+        # torch's shared (out, in) weight is the same tensor whatever the head split
+        new_enc[name] = jax.tree.map(
+            lambda e, h: jnp.asarray(e).at[: h.shape[0]].set(jnp.reshape(h, (h.shape[0],) + e.shape[1:]).astype(e.dtype)),
+            enc[name], head[name])
+    tag_encoder = dict(params["tag_encoder"])
+    tag_encoder["transformer"] = {**params["tag_encoder"]["transformer"], "layers": new_enc}
+    return {**params, "tag_encoder": tag_encoder}
+
+
+def init_inputs(cfg: Tag2TextConfig, batch: int = 1):
+    s = cfg.image_size
+    return (jnp.zeros((batch, s, s, 3), jnp.float32), jnp.zeros((batch, 4), jnp.int32),
+            jnp.zeros((batch, 4), jnp.int32))
