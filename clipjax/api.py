@@ -202,7 +202,8 @@ class LoadedCLIPSeg:
 def load(path: str, dtype: Optional[str] = None):
     """Load a clipjax checkpoint (or a training workdir: its latest step), a transformers CLIP
     directory, or an OpenAI / open_clip layout state-dict file -> LoadedCLIP; a CLIPSeg
-    checkpoint or transformers CLIPSeg directory -> LoadedCLIPSeg. `dtype` sets compute dtype."""
+    checkpoint or transformers CLIPSeg directory -> LoadedCLIPSeg; a Tag2Text training run ->
+    LoadedTag2Text (clipjax.tag2text_api). `dtype` sets compute dtype."""
     from clipjax.convert.hf_clipseg import is_hf_clipseg_dir, load_hf_clipseg
     from clipjax.models.clipseg import CLIPSegConfig
 
@@ -210,6 +211,14 @@ def load(path: str, dtype: Optional[str] = None):
         cfg, variables = load_hf_clipseg(path)
     else:
         cfg, variables = read_any(path)
+    from clipjax.models.tag2text import Tag2TextConfig
+
+    if isinstance(cfg, Tag2TextConfig):
+        from clipjax.tag2text_api import LoadedTag2Text
+
+        if dtype is not None:
+            cfg = cfg.replace(dtype=dtype)
+        return LoadedTag2Text.from_run(path, cfg, variables)
     if isinstance(cfg, CLIPSegConfig):
         if dtype is not None:
             cfg = dataclasses.replace(cfg, clip=cfg.clip.replace(dtype=dtype))

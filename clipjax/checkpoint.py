@@ -67,6 +67,10 @@ def load_config(path: str, step: Optional[int] = None) -> CLIPConfig:
     from clipjax.models.clipseg import CLIPSegConfig, is_clipseg_config
 
     try:
+        if isinstance(d, dict) and "tagging" in d and "variant" in d:
+            from clipjax.models.tag2text import Tag2TextConfig
+
+            return Tag2TextConfig.from_dict(d)
         if is_clipseg_config(d):
             return CLIPSegConfig.from_dict(d)
         return CLIPConfig.from_dict(d)

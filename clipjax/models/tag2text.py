@@ -82,6 +82,11 @@ class Tag2TextConfig:
         if self.tagging.encoder_width != want:
             raise ValueError(f"the tagging head reads {self.tagging.encoder_width}-wide image tokens, the model "
                              f"gives {want} ({'image_proj' if self.image_proj_dim else 'vision width'})")
+        t, h = self.text, self.tagging
+        if self.captioning and (h.width != t.width or h.mlp_dim != t.mlp_dim or h.layers > t.layers):
+            raise ValueError(f"the tie shares the tagging head's {h.layers} layers with the tag encoder's lowest: "
+                             f"they need equal width / mlp_dim (head {h.width}/{h.mlp_dim}, text {t.width}/{t.mlp_dim}) "
+                             f"and head layers <= text layers ({h.layers} > {t.layers})")
         if self.variant == "ram" and not self.image_proj_dim:
             raise ValueError("RAM needs image_proj_dim (the CLIP embedding width, 512 in the release)")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Optional
 
-TASKS = ("clip", "clipseg")
+TASKS = ("clip", "clipseg", "tag2text")
 
 
 @dataclasses.dataclass
@@ -45,7 +45,7 @@ def clip_task(config, mesh, rules) -> Task:
                 make_evaluator=lambda: make_periodic_evaluator(config, cfg, mesh, rules))
 
 
-def build_task(config, mesh, rules) -> Task:
+def build_task(config, mesh, rules, workdir: Optional[str] = None) -> Task:
     name = config.get("task", "clip") or "clip"
     if name == "clip":
         return clip_task(config, mesh, rules)
@@ -53,4 +53,8 @@ def build_task(config, mesh, rules) -> Task:
         from clipjax.train.clipseg_task import clipseg_task
 
         return clipseg_task(config, mesh, rules)
+    if name == "tag2text":
+        from clipjax.train.tag2text_task import tag2text_task
+
+        return tag2text_task(config, mesh, rules, workdir)
     raise ValueError(f"unknown task {name!r}; available: {', '.join(TASKS)}")

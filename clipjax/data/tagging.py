@@ -1,0 +1,192 @@
+"""Tag2Text / RAM inputs: images with a multi-hot tag vector and captions, and the BERT-side
+text framing the release uses.
+
+Text framing (recognize-anything tag2text.py / ram.py):
+  tags     "circle | red | small" tokenised to `tag_max_length`, [ENC] in place of [CLS]
+  caption  prompt + caption ("a picture of a small red circle") tokenised to
+           `caption_max_length`, [DEC] in place of [CLS]; targets ignore the padding and
+           the [DEC] + prompt positions (`prompt_length` = tokens of the prompt incl. [DEC]).
+
+The tokenizer is WordPiece (transformers' BertTokenizer) from a vocab.txt: bert-base-uncased's
+plus [DEC] and [ENC] for released models; for clipjax_shapes, `shapes_vocabulary()` writes a
+small vocabulary covering every word the builder's captions and tags use.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+DEC, ENC = "[DEC]", "[ENC]"
+
+
+def shapes_vocabulary(path: str) -> str:
+    """Write (once) a WordPiece vocab.txt for clipjax_shapes' captions and tags; returns path."""
+    from clipjax.data import shapes_dataset as sd
+
+    words = set(sd.SHAPES + sd.COLOR_NAMES + sd.SIZES + sd.TEXTURES + sd.BACKGROUNDS + sd.POSITIONS)
+    words |= {"a", "an", "the", "photo", "picture", "of", "one", "two", "three", "shape", "shapes", "on", "at",
+              "in", "and", "background", "with", ":", ",", "|", ".", "-"}
+    for phrase in sd.POSITION_PHRASES.values():
+        words |= set(phrase.split())
+    vocab = list(SPECIAL) + sorted(words) + [DEC, ENC]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(vocab) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+class TagTextTokenizer:
+    """Strings -> the tag-encoder / caption-decoder ids of Tag2Text and RAM."""
+
+    def __init__(self, vocab_path: str, prompt: str, tag_max_length: int = 40, caption_max_length: int = 40):
+        from clipjax.tokenizer import wordpiece_tokenizer
+
+        tok = wordpiece_tokenizer(vocab_path)
+        # BLIP's init_tokenizer: bos [DEC] and [ENC] appended after the vocabulary's tokens
+        # (ids 30522 / 30523 for bert-base-uncased); a vocab.txt that has them keeps its ids
+        tok.add_special_tokens({"bos_token": DEC, "additional_special_tokens": [ENC]})
+        self.tok = tok
+        self.prompt = prompt
+        self.tag_max_length, self.caption_max_length = tag_max_length, caption_max_length
+        self.bos_id = tok.convert_tokens_to_ids(DEC)
+        self.enc_id = tok.convert_tokens_to_ids(ENC)
+        self.sep_id, self.pad_id = tok.sep_token_id, tok.pad_token_id
+        # [DEC] + the prompt's tokens (the release: len(tokenizer(prompt).input_ids) - 1)
+        self.prompt_length = len(tok(prompt).input_ids) - 1
+
+    def __len__(self):
+        return len(self.tok)
+
+    def _ids(self, texts, length, first):
+        enc = self.tok(list(texts), padding="max_length", truncation=True, max_length=length,
+                       return_attention_mask=False, return_token_type_ids=False)
+        ids = np.asarray(enc["input_ids"], np.int32).reshape(-1, length)
+        ids[:, 0] = first
+        return ids
+
+    def tags(self, tag_strings: Sequence[str]) -> np.ndarray:
+        return self._ids(tag_strings, self.tag_max_length, self.enc_id)
+
+    def captions(self, captions: Sequence[str]) -> np.ndarray:
+        return self._ids([self.prompt + c for c in captions], self.caption_max_length, self.bos_id)
+
+    def prompt_ids(self, batch: int) -> np.ndarray:
+        """[DEC] + prompt tokens (no [SEP]): the generation prefix."""
+        ids = np.asarray(self.tok(self.prompt).input_ids[:-1], np.int32)
+        ids[0] = self.bos_id
+        return np.tile(ids, (batch, 1))
+
+    def decode(self, ids) -> list[str]:
+        """Generated ids -> captions with the prompt removed (the release strips it by length)."""
+        out = []
+        for row in np.asarray(ids):
+            text = self.tok.decode(row, skip_special_tokens=True)
+            p = self.prompt.strip()
+            out.append(text[len(p):].strip() if text.startswith(p) else text.strip())
+        return out
+
+
+def tag_strings(multi_hot, tag_names: Sequence[str], sep: str = " | ") -> list[str]:
+    hot = np.asarray(multi_hot)
+    return [sep.join(tag_names[i] for i in np.flatnonzero(row)) for row in hot]
+
+
+def shapes_tag_names() -> tuple[str, ...]:
+    from clipjax.data.shapes_dataset import TAGS
+
+    return tuple(TAGS)
+
+
+class TaggingTrainData:
+    """Global Tag2Text / RAM batches: (images (B,S,S,3) CLIP-normalised, tags (B,C) float 0/1,
+    tag ids (B,Lt), caption ids (B,Lc)). The tag encoder reads the ground-truth tags (the
+    release's `parse_tag`); one of the example's captions is drawn per visit from (seed, index).
+
+    config.data: name (a TFDS dataset with image, captions and a multi-hot `tags`; default
+    clipjax_shapes), data_dir, shapes / builder_kwargs, seed, shuffle_buffer, split. Same
+    determinism and exact-resume scheme as clipjax.data.pipeline.TFDataTrainData."""
+
+    def __init__(self, config, image_size: int, tokenizer: TagTextTokenizer, tag_names, mesh, rules, position=0):
+        from clipjax import sharding as shd
+        from clipjax.data.pipeline import builder_kwargs, prepare_once, process_rows
+
+        d = config.data
+        self.batch_size = int(config.batch_size)
+        self.position = int(position)
+        self.tokenizer, self.tag_names = tokenizer, list(tag_names)
+        self.shardings = [shd.batch_sharding(mesh, n, rules) for n in (4, 2, 2, 2)]
+        self.rows = process_rows(self.shardings[0], self.batch_size)
+        name = d.get("name") or "clipjax_shapes"
+        builder = prepare_once(name, d.get("data_dir", None) or None, builder_kwargs(d, name))
+        features = builder.info.features
+        for key in ("image", "captions", "tags"):
+            if key not in features:
+                raise ValueError(f"{name} has no {key!r} feature: Tag2Text / RAM training needs images, captions "
+                                 "and multi-hot tags")
+        if features["tags"].shape[-1] != len(self.tag_names):
+            raise ValueError(f"{name} has {features['tags'].shape[-1]} tags, the tag list {len(self.tag_names)}")
+        self._ds = self._build(builder, d, image_size)
+        self._it = iter(self._ds)
+
+    def _build(self, builder, d, image_size):
+        import tensorflow as tf
+
+        from clipjax.data.augment import example_seed, normalize
+        from clipjax.data.pipeline import batched, indexed_stream
+
+        seed = int(d.get("seed", 0))
+        ds = builder.as_dataset(split=d.get("split", None) or "train", shuffle_files=False)
+        ds = indexed_stream(ds, seed, int(d.get("shuffle_buffer", 10_000) or 0), self.position, self.batch_size,
+                            self.rows)
+
+        def prepare(i, ex):
+            img = tf.image.resize(tf.cast(ex["image"], tf.float32), (image_size, image_size), method="bicubic",
+                                  antialias=True)
+            img = normalize(tf.clip_by_value(img, 0.0, 255.0) / 255.0)
+            caps = ex["captions"]
+            j = tf.random.stateless_uniform([], example_seed(seed, i, 20), 0, tf.shape(caps)[0], dtype=tf.int32)
+            return img, tf.cast(ex["tags"], tf.float32), caps[j]
+
+        return batched(ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True),
+                       self.rows[1] - self.rows[0])
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        import jax
+
+        img, tags, caption = next(self._it)
+        tags = np.asarray(tags.numpy(), np.float32)
+        tag_ids = self.tokenizer.tags(tag_strings(tags > 0.5, self.tag_names))
+        cap_ids = self.tokenizer.captions([c.decode("utf-8") for c in caption.numpy()])
+        local = [np.asarray(img.numpy(), np.float32), tags, tag_ids, cap_ids]
+        self.position += self.batch_size
+        return tuple(jax.make_array_from_process_local_data(sh, x, (self.batch_size,) + x.shape[1:])
+                     for sh, x in zip(self.shardings, local))
+
+
+def eval_set(builder, split: str, examples: int, image_size: int):
+    """First `examples` images of `split`: dict(images (N,S,S,3) float CLIP-normalised, tags
+    (N,C) uint8, captions list of lists of str)."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    from clipjax.data.augment import normalize
+
+    images, tags, caps = [], [], []
+    for ex in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False).take(examples)):
+        img = tf.image.resize(tf.cast(ex["image"], tf.float32), (image_size, image_size), method="bicubic",
+                              antialias=True)
+        images.append(normalize(tf.clip_by_value(img, 0.0, 255.0) / 255.0).numpy())
+        tags.append(ex["tags"])
+        caps.append([c.decode("utf-8") for c in ex["captions"]])
+    if not images:
+        raise ValueError(f"split {split!r} is empty")
+    return dict(images=np.stack(images).astype(np.float32), tags=np.stack(tags), captions=caps)

@@ -1,0 +1,132 @@
+"""Tag2Text as a training task (config.task = "tag2text"), trained from scratch.
+
+Loss, as the release's pretrain.py: captioning cross-entropy with label smoothing 0.1 over
+the non-prompt tokens, plus the asymmetric tagging loss balanced to the captioning loss's
+value (loss_t2t + loss_tag / stop_grad(loss_tag / loss_t2t)). The tag encoder reads the
+ground-truth tags; the tie to the tagging head is applied inside the loss, so gradients reach
+the shared tensors through both paths.
+
+config.model: Tag2TextConfig fields (vision, tagging, text, ...); vocab_size, the tag count
+and the special token ids are filled in from the tokenizer and the dataset.
+config.data.tokenizer: a WordPiece vocab.txt (default for clipjax_shapes: a vocabulary of its
+words, written into the run). config.tag2text.tag_list: one tag per line (default: the
+dataset's tag names). Both are copied into <workdir>/tag2text/ for inference.
+Periodic evaluation: tagging mAP / P / R / F1 at the model threshold on validation images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from clipjax.train.tasks import Task
+
+
+def _assets(config, workdir):
+    from clipjax.data.tagging import shapes_tag_names, shapes_vocabulary
+    from clipjax.models.tagging import load_tag_list
+
+    out = os.path.join(workdir or ".", "tag2text")
+    os.makedirs(out, exist_ok=True)
+    vocab = os.path.join(out, "vocab.txt")
+    given = config.data.get("tokenizer", None)
+    name = config.data.get("name") or "clipjax_shapes"
+    if given:
+        if os.path.abspath(given) != os.path.abspath(vocab):
+            shutil.copyfile(os.path.join(given, "vocab.txt") if os.path.isdir(given) else given, vocab)
+    elif name == "clipjax_shapes":
+        if jax.process_index() == 0 or not os.path.exists(vocab):
+            shapes_vocabulary(vocab)
+    else:
+        raise ValueError("task tag2text needs config.data.tokenizer (a WordPiece vocab.txt) for this dataset")
+    tag_file = (config.get("tag2text", None) or {}).get("tag_list", None)
+    if tag_file:
+        tags = load_tag_list(tag_file)
+    elif name == "clipjax_shapes":
+        tags = list(shapes_tag_names())
+    else:
+        raise ValueError("task tag2text needs config.tag2text.tag_list (one tag per line) for this dataset")
+    with open(os.path.join(out, "tag_list.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(tags) + "\n")
+    return vocab, tags
+
+
+def tag2text_config(config, tokenizer, num_tags: int):
+    from clipjax.models.config import TextConfig
+    from clipjax.models.tag2text import Tag2TextConfig
+    from clipjax.models.tagging import TaggingConfig
+
+    d = config.model.to_dict()
+    text = dict(d.pop("text", {}))
+    text.update(vocab_size=max(int(text.get("vocab_size", 0) or 0), len(tokenizer)), pad_token_id=tokenizer.pad_id)
+    tagging = dict(d.pop("tagging", {}))
+    tagging["num_tags"] = num_tags
+    base = Tag2TextConfig.from_dict({**d, "text": TextConfig(**{**dataclasses.asdict(TextConfig(
+        kind="bert", eos_token_id=None, pool="cls", cross_attention=True, act="gelu", ln_eps=1e-12)), **text}),
+        "tagging": TaggingConfig.from_dict(tagging),
+        "bos_token_id": tokenizer.bos_id, "enc_token_id": tokenizer.enc_id, "sep_token_id": tokenizer.sep_id})
+    if base.variant != "tag2text":
+        raise ValueError("train.py trains the Tag2Text variant; RAM needs CLIP label embeddings and a CLIP "
+                         "teacher for distillation, which this task does not set up yet")
+    return base
+
+
+def tag2text_task(config, mesh, rules, workdir=None) -> Task:
+    from clipjax.data.tagging import TaggingTrainData, TagTextTokenizer
+    from clipjax.models.captioning import caption_lm_loss, caption_targets
+    from clipjax.models.tag2text import Tag2Text, init_inputs, tie_tag_encoder
+    from clipjax.tagging_losses import asymmetric_loss, tag2text_loss
+
+    vocab, tags = _assets(config, workdir)
+    m = config.model
+    tok = TagTextTokenizer(vocab, m.get("prompt", "a picture of "), int(m.get("tag_max_length", 40)),
+                           int(m.get("caption_max_length", 40)))
+    cfg = tag2text_config(config, tok, len(tags))
+    model = Tag2Text(cfg, dropout_rate=float(config.get("dropout", 0.0) or 0.0))
+    pad, prompt_len, smoothing = cfg.text.pad_token_id, tok.prompt_length, float(config.get("label_smoothing", 0.1))
+
+    def loss_fn(params, other, images, tag_targets, tag_ids, cap_ids, rng):
+        out = model.apply({"params": tie_tag_encoder(params), **other}, images, tag_ids, cap_ids,
+                          deterministic=False, rngs={"dropout": rng})
+        loss_tag = asymmetric_loss(out["tag_logits"], tag_targets)
+        loss_t2t, _ = caption_lm_loss(out["caption_logits"], caption_targets(cap_ids, pad, prompt_len), smoothing)
+        return tag2text_loss(loss_t2t, loss_tag), {}
+
+    return Task(
+        "tag2text", model, cfg, init_inputs(cfg), jax.value_and_grad(loss_fn, has_aux=True),
+        make_data=lambda position: TaggingTrainData(config, cfg.image_size, tok, tags, mesh, rules, position),
+        make_evaluator=lambda: make_tagging_evaluator(config, cfg, model, tags))
+
+
+def make_tagging_evaluator(config, cfg, model, tag_names):
+    if not config.get("eval_every"):
+        return None
+    from clipjax.data.pipeline import builder_kwargs, prepare_once
+    from clipjax.data.tagging import eval_set
+    from clipjax.evaluation.tagging_metrics import tagging_report
+    from clipjax.models.tag2text import Tag2Text, tie_tag_encoder
+
+    d = config.data
+    name = d.get("name") or "clipjax_shapes"
+    builder = prepare_once(name, d.get("data_dir", None) or None, builder_kwargs(d, name))
+    data = eval_set(builder, "validation", int(config.get("eval_examples", 500)), cfg.image_size)
+    bs = int(config.batch_size)
+
+    @jax.jit
+    def probs(variables, images):
+        v = {**variables, "params": tie_tag_encoder(variables["params"])}
+        t = model.apply(v, images, method=Tag2Text.image_tokens)
+        return jax.nn.sigmoid(model.apply(v, t, method=Tag2Text.tag_logits))
+
+    def evaluate(variables) -> dict:
+        p = np.concatenate([np.asarray(jax.device_get(probs(variables, jnp.asarray(data["images"][i:i + bs]))))
+                            for i in range(0, len(data["images"]), bs)])
+        r = tagging_report(p, data["tags"], cfg.tagging.threshold)
+        return {f"tag_{k}": r[k] for k in ("mAP", "precision", "recall", "F1")}
+
+    return evaluate
