@@ -232,3 +232,27 @@ def test_swin_model_round_trip_bitwise():
     assert jax.tree.all(jax.tree.map(np.array_equal, back, variables))
     out = Tag2Text(cfg).apply(back, *init_inputs(cfg, 2))
     assert out["tag_logits"].shape == (2, HEAD["num_tags"]) and out["image_cls"].shape == (2, 16)
+
+
+def test_released_configs_describe_the_release_layout():
+    """Shapes of a few keys of the released checkpoints, from the layout's rules (abstract: no
+    weights are built)."""
+    from clipjax.convert.recognize_anything import _expected, ram_rules
+    from clipjax.models.tag2text import released_config
+
+    def torch_shapes(name):
+        cfg = released_config(name)
+        shapes = _expected(cfg)
+        rules, _ = ram_rules(cfg)
+        return {r.torch: shapes[r.jax] for r in rules}, cfg
+
+    t2t, cfg = torch_shapes("tag2text_swin_14m")
+    assert cfg.vision_width == 1024 and cfg.tagging.num_tags == 3429
+    assert t2t["label_embed.weight"] == (3429, 768) and t2t["fc.W"] == (3429, 768)
+    assert t2t["tag_encoder.encoder.layer.{i}.crossattention.self.key.weight"][1:] == (1024, 12, 64)
+    ram, cfg = torch_shapes("ram_swin_large_14m")
+    assert cfg.vision_width == 1536 and ram["image_proj.weight"] == (1536, 512)
+    # Swin-L: 18 blocks in stage 3, fused qkv (one third of the rows per q/k/v rule)
+    assert ram["visual_encoder.layers.2.blocks.17.attn.qkv.weight#0/3"][0] == 768
+    plus, cfg = torch_shapes("ram_plus_swin_large_14m")
+    assert not any(k.startswith(("tag_encoder.", "text_decoder.")) for k in plus)

@@ -228,3 +228,27 @@ def init_inputs(cfg: Tag2TextConfig, batch: int = 1):
     s = cfg.image_size
     return (jnp.zeros((batch, s, s, 3), jnp.float32), jnp.zeros((batch, 4), jnp.int32),
             jnp.zeros((batch, 4), jnp.int32))
+
+
+# ------------------------------------------------------------------- the released models
+
+
+def released_config(name: str) -> Tag2TextConfig:
+    """Configs of recognize-anything's released checkpoints (384 px Swin towers, med BERT with
+    bert-base-uncased + [DEC] / [ENC]): "tag2text_swin_14m", "ram_swin_large_14m",
+    "ram_plus_swin_large_14m". Load the weights with
+    clipjax.convert.recognize_anything.load_ram_checkpoint(path, released_config(name))."""
+    from clipjax.models.swin import swin_b_384, swin_l_384
+    from clipjax.models.tagging import ram_tagging_config, tag2text_tagging_config
+
+    if name == "tag2text_swin_14m":
+        swin = swin_b_384()
+        return Tag2TextConfig(variant="tag2text", vision_kind="swin", swin=swin.to_dict(),
+                              tagging=tag2text_tagging_config(swin.width, 3429))
+    if name in ("ram_swin_large_14m", "ram_plus_swin_large_14m"):
+        plus = name.startswith("ram_plus")
+        return Tag2TextConfig(variant="ram", vision_kind="swin", swin=swin_l_384().to_dict(),
+                              tagging=ram_tagging_config(4585, 51 if plus else 1), image_proj_dim=512,
+                              captioning=not plus)
+    raise ValueError(f"unknown released model {name!r}; choose tag2text_swin_14m, ram_swin_large_14m or "
+                     "ram_plus_swin_large_14m")
