@@ -10,6 +10,15 @@ CLIPModel or CLIPSegForImageSegmentation directory, or an OpenAI-layout CLIP sta
 needs --clip, the CLIP it was trained on (any format above); --extract-layers defaults to the
 released models' 3 6 9. `--to openai` writes a CLIP; `--to original` a CLIPSeg decoder (its
 CLIP beside it as <dst>.clip.pt).
+
+Tag2Text / RAM / RAM++ (recognize-anything .pth files) need --ram: a released model name
+(tag2text_swin_14m, ram_swin_large_14m, ram_plus_swin_large_14m) or a JSON file of a
+Tag2TextConfig; --to clipjax also writes <dst>/tag2text/ (the tag list, RAM's per-class
+thresholds, and --vocab, bert-base-uncased's vocab.txt, which captioning needs) so that
+clipjax.load(dst) is ready for tag.py. `--to ram` writes a clipjax Tag2Text back to a .pth.
+
+    python convert.py --src ram_swin_large_14m.pth --ram ram_swin_large_14m --vocab vocab.txt --dst ram/ --to clipjax
+    python convert.py --src ram/ --dst ram_again.pth --to ram
 """
 
 from __future__ import annotations
@@ -22,12 +31,16 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--src", required=True, help="checkpoint to read")
     p.add_argument("--dst", required=True, help="where to write (directory for clipjax/hf, file for openai)")
-    p.add_argument("--to", required=True, choices=["clipjax", "hf", "openai", "original"])
+    p.add_argument("--to", required=True, choices=["clipjax", "hf", "openai", "original", "ram"])
     p.add_argument("--clip", default="", help="CLIPSeg original decoder sources: the CLIP checkpoint it runs on")
     p.add_argument("--extract-layers", type=int, nargs="+", default=[3, 6, 9])
     p.add_argument("--decoder-heads", type=int, default=4, help="original decoders: attention heads (not stored)")
     p.add_argument("--image-size", type=int, default=352, help="CLIPSeg input resolution")
+    p.add_argument("--ram", default="", help="recognize-anything sources: released model name or config JSON")
+    p.add_argument("--vocab", default="", help="Tag2Text / RAM: the WordPiece vocab.txt to keep with the model")
     args = p.parse_args(argv)
+    if args.ram or args.to == "ram":
+        return convert_ram(args)
 
     from clipjax.api import detect_format, read_any
     from clipjax.convert import hf_clipseg
@@ -71,6 +84,61 @@ def main(argv=None) -> int:
         return 2
     n = sum(int(x.size) for x in __import__("jax").tree_util.tree_leaves(variables))
     print(f"converted {args.src} ({src_fmt}) -> {args.dst} ({args.to}): {n:,} values")
+    return 0
+
+
+def _ram_config(spec: str):
+    import json
+    import os
+
+    from clipjax.models.tag2text import Tag2TextConfig, released_config
+
+    if os.path.isfile(spec):
+        with open(spec) as f:
+            return Tag2TextConfig.from_dict(json.load(f))
+    return released_config(spec)
+
+
+def convert_ram(args) -> int:
+    import os
+    import shutil
+
+    from clipjax.api import read_any
+    from clipjax.convert import recognize_anything as ra
+    from clipjax.convert.common import CheckpointError
+    from clipjax.models.tag2text import Tag2TextConfig
+
+    try:
+        if args.to == "ram":
+            cfg, variables = read_any(args.src)
+            if not isinstance(cfg, Tag2TextConfig):
+                raise CheckpointError(f"{args.src} is not a Tag2Text / RAM checkpoint")
+            ra.save_ram_checkpoint(variables, cfg, args.dst)
+        elif args.to == "clipjax":
+            cfg = _ram_config(args.ram)
+            variables = ra.load_ram_checkpoint(args.src, cfg)
+            from clipjax.checkpoint import save_clipjax
+            from clipjax.models.tagging import load_ram_tags, load_tag2text_tags
+
+            save_clipjax(args.dst, variables, cfg)
+            assets = os.path.join(args.dst, "tag2text")
+            os.makedirs(assets, exist_ok=True)
+            shipped = {3429: load_tag2text_tags, 4585: load_ram_tags}.get(cfg.tagging.num_tags)
+            if shipped is not None:  # the release's tag list and thresholds (Tag2Text: 0.68, people 0.7)
+                tags, thresholds = shipped()
+                with open(os.path.join(assets, "tag_list.txt"), "w", encoding="utf-8") as f:
+                    f.write("\n".join(tags) + "\n")
+                with open(os.path.join(assets, "thresholds.txt"), "w") as f:
+                    f.write("\n".join(f"{t:g}" for t in thresholds) + "\n")
+            if args.vocab:
+                shutil.copyfile(args.vocab, os.path.join(assets, "vocab.txt"))
+        else:
+            raise CheckpointError("recognize-anything checkpoints convert --to clipjax (with --ram) or --to ram")
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"convert.py: error: {e}", file=sys.stderr)
+        return 2
+    n = sum(int(x.size) for x in __import__("jax").tree_util.tree_leaves(variables))
+    print(f"converted {args.src} -> {args.dst} ({args.to}): {n:,} values")
     return 0
 
 

@@ -256,3 +256,23 @@ def test_released_configs_describe_the_release_layout():
     assert ram["visual_encoder.layers.2.blocks.17.attn.qkv.weight#0/3"][0] == 768
     plus, cfg = torch_shapes("ram_plus_swin_large_14m")
     assert not any(k.startswith(("tag_encoder.", "text_decoder.")) for k in plus)
+
+
+def test_convert_cli_round_trip(tmp_path):
+    """convert.py: a recognize-anything .pth (+ config JSON) -> clipjax -> .pth, bitwise."""
+    import json
+
+    import convert
+
+    cfg = _cfg("ram")
+    sd = _TorchModel(cfg).state_dict_numpy()
+    src = str(tmp_path / "ram.pth")
+    torch.save({"model": {k: torch.tensor(v) for k, v in sd.items()}}, src)
+    spec = str(tmp_path / "cfg.json")
+    json.dump(cfg.to_dict(), open(spec, "w"))
+    assert convert.main(["--src", src, "--ram", spec, "--dst", str(tmp_path / "cj"), "--to", "clipjax"]) == 0
+    assert convert.main(["--src", str(tmp_path / "cj"), "--dst", str(tmp_path / "back.pth"), "--to", "ram"]) == 0
+    back = torch.load(str(tmp_path / "back.pth"), weights_only=True)["model"]
+    assert set(back) == set(sd)
+    assert all(np.array_equal(back[k].numpy(), sd[k]) for k in sd)
+    assert convert.main(["--src", src, "--ram", "ram_tiny", "--dst", str(tmp_path / "x"), "--to", "clipjax"]) == 2
