@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from clipjax.data.tagging import TagTextTokenizer, tag_strings
 from clipjax.generation import GenerationConfig, expand_for_beams, generate
 from clipjax.models.tag2text import Tag2Text, Tag2TextConfig, tie_tag_encoder
-from clipjax.models.tagging import DEFAULT_THRESHOLD, load_tag_list, load_thresholds
+from clipjax.models.tagging import load_tag_list, load_thresholds
 
 ASSET_DIR = "tag2text"  # inside a training workdir
 

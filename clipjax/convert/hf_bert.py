@@ -239,6 +239,21 @@ def save_hf_bert(variables: dict, cfg: TextConfig, path: str) -> None:
 LM_TIED = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 
 
+def drop_lm_copies(sd: dict, torch_prefix: str = "", what: str = "checkpoint") -> dict:
+    """`sd` without a BertLMHeadModel's tied decoder copies and old buffers (under
+    `torch_prefix`). A copy that differs from what it is tied to is refused: clipjax's decoder
+    ties them (tie_word_embeddings=True) and cannot hold an untied head."""
+    t = torch_prefix
+    sd = {k: v for k, v in sd.items() if k not in {f"{t}bert.{b}" for b in _BUFFERS}}
+    for key, twin in zip(LM_TIED, (f"{t}bert.embeddings.word_embeddings.weight", f"{t}cls.predictions.bias")):
+        if t + key in sd:
+            copy = sd.pop(t + key)
+            if twin in sd and not np.array_equal(np.asarray(copy), np.asarray(sd[twin])):
+                raise CheckpointError(f"{what}: {t + key} differs from {twin}; clipjax's decoder ties them "
+                                      "(tie_word_embeddings=True) and cannot load an untied head")
+    return sd
+
+
 def bert_lm_rules(cfg: TextConfig, jax_prefix: str = "params", torch_prefix: str = "") -> list[Rule]:
     """Rules for a clipjax CaptionDecoder at `jax_prefix` <-> a BertLMHeadModel under `torch_prefix`."""
     import dataclasses
@@ -268,13 +283,7 @@ def bert_lm_from_state_dict(sd: dict, cfg: TextConfig, jax_prefix: str = "params
     """A BertLMHeadModel state dict (with or without the tied decoder copies) -> variables.
     Tied copies must equal what they are tied to: an untied head is refused, not dropped."""
     t = torch_prefix
-    sd = {k: v for k, v in sd.items() if k not in {f"{t}bert.{b}" for b in _BUFFERS}}
-    for key, twin in zip(LM_TIED, (f"{t}bert.embeddings.word_embeddings.weight", f"{t}cls.predictions.bias")):
-        if t + key in sd:
-            copy = sd.pop(t + key)
-            if twin in sd and not np.array_equal(np.asarray(copy), np.asarray(sd[twin])):
-                raise CheckpointError(f"{what}: {t + key} differs from {twin}; clipjax's decoder ties them "
-                                      "(tie_word_embeddings=True) and cannot load an untied head")
+    sd = drop_lm_copies(sd, t, what)
     if encoder_width is None and cfg.cross_attention:
         encoder_width = infer_encoder_width(sd, t + "bert.")
     expected = bert_lm_expected_shapes(cfg, jax_prefix, encoder_width)

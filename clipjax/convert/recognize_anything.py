@@ -33,7 +33,8 @@ from clipjax.convert.common import (
     unflatten_variables,
     variables_to_torch,
 )
-from clipjax.convert.hf_bert import LM_TIED, bert_lm_rules, bert_rules
+from clipjax.convert.hf_bert import _BUFFERS as BERT_BUFFERS
+from clipjax.convert.hf_bert import LM_TIED, bert_lm_rules, bert_rules, drop_lm_copies
 from clipjax.convert.ram_tagging import tagging_rules
 from clipjax.models.tag2text import Tag2Text, Tag2TextConfig, init_inputs, tie_tag_encoder
 
@@ -108,17 +109,8 @@ def ram_from_state_dict(sd: dict, cfg: Tag2TextConfig, what: str = "recognize-an
     sd = _strip_model(dict(sd))
     if cfg.captioning:
         _check_tie(sd, cfg, what)
-        for k in LM_TIED:
-            key = "text_decoder." + k
-            twin = {LM_TIED[0]: "text_decoder.bert.embeddings.word_embeddings.weight",
-                    LM_TIED[1]: "text_decoder.cls.predictions.bias"}[k]
-            if key in sd:
-                copy = sd.pop(key)
-                if twin in sd and not np.array_equal(np.asarray(copy), np.asarray(sd[twin])):
-                    raise CheckpointError(f"{what}: {key} differs from {twin} (untied LM head)")
-        for b in ("embeddings.position_ids", "embeddings.token_type_ids"):
-            for p in ("tag_encoder.", "text_decoder.bert."):
-                sd.pop(p + b, None)
+        sd = drop_lm_copies(sd, "text_decoder.", what)
+        sd = {k: v for k, v in sd.items() if k not in {"tag_encoder." + b for b in BERT_BUFFERS}}
     rules, constants = ram_rules(cfg)
     return torch_to_variables(sd, rules, _expected(cfg), constants, what=what, dtype=np.float32)
 

@@ -42,6 +42,15 @@ ACTIVATIONS: dict[str, Callable] = {
 }
 
 
+def remat_block(block_cls, policy: str, prevent_cse: bool = True):
+    """`block_cls` wrapped in nn.remat with the named policy ("none": unchanged)."""
+    if policy == "none":
+        return block_cls
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"Unknown remat policy {policy!r}; choose from {sorted(REMAT_POLICIES)}")
+    return nn.remat(block_cls, policy=REMAT_POLICIES[policy], prevent_cse=prevent_cse)
+
+
 def activation(name: str) -> Callable:
     if name not in ACTIVATIONS:
         raise ValueError(f"Unknown activation {name!r}; choose from {sorted(ACTIVATIONS)}")
@@ -264,11 +273,7 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(self, x, mask=None, encoder=None, encoder_mask=None):
-        block_cls = Block
-        if self.remat_policy != "none":
-            if self.remat_policy not in REMAT_POLICIES:
-                raise ValueError(f"Unknown remat policy {self.remat_policy!r}; choose from {sorted(REMAT_POLICIES)}")
-            block_cls = nn.remat(Block, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=False)
+        block_cls = remat_block(Block, self.remat_policy, prevent_cse=False)  # scan already prevents CSE
         return_hidden = self.return_hidden
 
         def body(module, carry, mask, encoder, encoder_mask):

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from clipjax.models.layers import (
-    REMAT_POLICIES,
+    remat_block,
     HeadsIn,
     HeadsOut,
     Mlp,
@@ -304,11 +304,7 @@ class SwinTransformer(nn.Module):
         dtype, pdtype = dtype_of(self.dtype), dtype_of(self.param_dtype)
         if images.ndim != 4 or images.shape[-1] != cfg.in_chans:
             raise ValueError(f"expected images (B, H, W, {cfg.in_chans}), got {images.shape}")
-        block_cls = SwinBlock
-        if self.remat_policy != "none":
-            if self.remat_policy not in REMAT_POLICIES:
-                raise ValueError(f"Unknown remat policy {self.remat_policy!r}; choose from {sorted(REMAT_POLICIES)}")
-            block_cls = nn.remat(SwinBlock, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=True)
+        block_cls = remat_block(SwinBlock, self.remat_policy)
 
         p = cfg.patch_size
         x = images.astype(dtype)
