@@ -14,7 +14,7 @@ import pytest
 
 from clipjax.checkpoint import load_clipjax
 from clipjax.train.checkpoints import is_committed
-from test_train_smoke import TINY_SHAPES_ARGS
+from test_train_smoke import TINY_SHAPES, TINY_SHAPES_ARGS
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 TOTAL = 16
@@ -92,6 +92,9 @@ def _assert_bitwise_equal(a, b):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """An uninterrupted run (and, alongside it, a run that goes NaN)."""
+    from clipjax.data.shapes_dataset import build_shapes
+
+    build_shapes(None, **TINY_SHAPES)  # once, here: the two runs below would race to prepare it
     ref = tmp_path_factory.mktemp("ref")
     nan = tmp_path_factory.mktemp("nan")
     p_ref = _launch(ref)
