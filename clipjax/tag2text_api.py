@@ -134,3 +134,27 @@ class LoadedTag2Text:
 
         out = generate(decode_fn, prompt, gcfg, self.cfg.sep_token_id, self.cfg.text.pad_token_id, rng=rng)
         return out["sequences"]
+
+    # ----------------------------------------------------------- image-text alignment
+    def _need_alignment(self):
+        if not self.cfg.alignment_dim:
+            raise ValueError("this model has no ITC / ITM branch (train with model.alignment_dim > 0)")
+
+    def similarity(self, images, texts: Sequence[str]) -> np.ndarray:
+        """ITC: cosine similarities (B images, T texts) of the projected, normalised features
+        (BLIP's first retrieval stage)."""
+        self._need_alignment()
+        m, v = self.model, self.variables
+        img = m.apply(v, self.image_tokens(images), method=Tag2Text.image_feat)
+        txt = m.apply(v, jnp.asarray(self.tokenizer.texts(list(texts))), method=Tag2Text.text_feat)
+        return np.asarray(img @ txt.T)
+
+    def match_probs(self, images, texts: Sequence[str]) -> np.ndarray:
+        """ITM: probability (B,) that text i describes image i (BLIP's re-ranking stage;
+        pair an image with several texts by repeating it)."""
+        self._need_alignment()
+        if len(texts) != len(images):
+            raise ValueError(f"{len(texts)} texts for {len(images)} images (pairs are row-aligned)")
+        logits = self.model.apply(self.variables, jnp.asarray(self.tokenizer.texts(list(texts))),
+                                  self.image_tokens(images), method=Tag2Text.itm_logits)
+        return np.asarray(jax.nn.softmax(logits, axis=-1)[:, 1])

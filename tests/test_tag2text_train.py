@@ -73,3 +73,23 @@ def test_tag2text_trains_evaluates_and_predicts(tmp_path):
     row = json.loads(open(js).readline())
     assert row["caption_tags"] == "red | circle" and "tags" in row
     assert tag.main(["--checkpoint", wd, path, "--new-tags", "rhombus"]) == 2  # Tag2Text: no open vocabulary
+
+
+def test_tag2text_with_itc_itm_trains_and_matches(tmp_path):
+    """model.alignment_dim adds BLIP's ITC + ITM (hard negatives from the global batch) to the
+    loss; the loaded model scores image-text pairs both ways."""
+    from clipjax.train.loop import train
+
+    wd = str(tmp_path / "t2t_align")
+    c = _tiny(3)
+    c.model.alignment_dim = 16
+    c.eval_every = 0
+    final = train(c, wd)
+    assert np.isfinite(final["loss"])
+    model = clipjax.load(wd)
+    img = (np.random.default_rng(0).random((40, 48, 3)) * 255).astype(np.uint8)
+    x = model.preprocess([img, img])
+    sim = model.similarity(x, ["a red circle", "a blue square", "two shapes"])
+    assert sim.shape == (2, 3) and np.all(np.abs(sim) <= 1 + 1e-5)
+    p = model.match_probs(x, ["a red circle", "a blue square"])
+    assert p.shape == (2,) and ((p >= 0) & (p <= 1)).all()

@@ -77,6 +77,10 @@ def ram_rules(cfg: Tag2TextConfig):
         text = dataclasses.replace(cfg.text, pool="cls")
         enc_rules, _ = bert_rules(text, "params/tag_encoder", "tag_encoder.")
         rules += enc_rules + bert_lm_rules(text, "params/text_decoder", "text_decoder.")
+    if cfg.alignment_dim:  # BLIP's names (blip_pretrain.py); the released files have none
+        for name in ("vision_proj", "text_proj", "itm_head"):
+            rules += linear_rules(f"params/{name}", name)
+        rules.append(Rule("params/temp", "temp"))
     return rules, constants
 
 

@@ -73,6 +73,10 @@ class TagTextTokenizer:
     def tags(self, tag_strings: Sequence[str]) -> np.ndarray:
         return self._ids(tag_strings, self.tag_max_length, self.enc_id)
 
+    def texts(self, captions: Sequence[str]) -> np.ndarray:
+        """[CLS] + caption (no prompt): the text encoder's input for ITC / ITM."""
+        return self._ids(captions, self.caption_max_length, self.tok.cls_token_id)
+
     def captions(self, captions: Sequence[str]) -> np.ndarray:
         return self._ids([self.prompt + c for c in captions], self.caption_max_length, self.bos_id)
 
@@ -112,7 +116,8 @@ class TaggingTrainData:
     clipjax_shapes), data_dir, shapes / builder_kwargs, seed, shuffle_buffer, split. Same
     determinism and exact-resume scheme as clipjax.data.pipeline.TFDataTrainData."""
 
-    def __init__(self, config, image_size: int, tokenizer: TagTextTokenizer, tag_names, mesh, rules, position=0):
+    def __init__(self, config, image_size: int, tokenizer: TagTextTokenizer, tag_names, mesh, rules, position=0,
+                 with_text: bool = False):
         from clipjax import sharding as shd
         from clipjax.data.pipeline import builder_kwargs, prepare_once, process_rows
 
@@ -120,7 +125,8 @@ class TaggingTrainData:
         self.batch_size = int(config.batch_size)
         self.position = int(position)
         self.tokenizer, self.tag_names = tokenizer, list(tag_names)
-        self.shardings = [shd.batch_sharding(mesh, n, rules) for n in (4, 2, 2, 2)]
+        self.with_text = with_text  # + [CLS] + caption ids (B, Lc) for ITC / ITM
+        self.shardings = [shd.batch_sharding(mesh, n, rules) for n in (4, 2, 2, 2, 2)[:5 if with_text else 4]]
         self.rows = process_rows(self.shardings[0], self.batch_size)
         name = d.get("name") or "clipjax_shapes"
         builder = prepare_once(name, d.get("data_dir", None) or None, builder_kwargs(d, name))
@@ -165,8 +171,10 @@ class TaggingTrainData:
         img, tags, caption = next(self._it)
         tags = np.asarray(tags.numpy(), np.float32)
         tag_ids = self.tokenizer.tags(tag_strings(tags > 0.5, self.tag_names))
-        cap_ids = self.tokenizer.captions([c.decode("utf-8") for c in caption.numpy()])
-        local = [np.asarray(img.numpy(), np.float32), tags, tag_ids, cap_ids]
+        captions = [c.decode("utf-8") for c in caption.numpy()]
+        local = [np.asarray(img.numpy(), np.float32), tags, tag_ids, self.tokenizer.captions(captions)]
+        if self.with_text:
+            local.append(self.tokenizer.texts(captions))
         self.position += self.batch_size
         return tuple(jax.make_array_from_process_local_data(sh, x, (self.batch_size,) + x.shape[1:])
                      for sh, x in zip(self.shardings, local))

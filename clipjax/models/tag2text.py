@@ -17,6 +17,16 @@ layers with the head's, and every entry point (training loss, inference, export)
 first. Gradients then reach the head's tensors through both paths, exactly as with shared
 PyTorch Parameters; the tag encoder's own copies of those slices are dead (never read).
 
+Image-text alignment (`alignment_dim` > 0; off in the released checkpoints, whose code trains
+no alignment loss): BLIP's ITC and ITM, which the Tag2Text paper trains alongside tagging and
+captioning. The tag encoder doubles as BLIP's text encoder: without cross-attention on
+[CLS] + caption for ITC (`text_proj` of its first token, L2-normalised, against `vision_proj`
+of the image's first token, over the global batch, learnable temperature clamped to
+[0.001, 0.5]); with cross-attention to the image on [ENC] + caption for ITM (`itm_head`, 2-way),
+on the positive pairs plus one hard negative text per image and one hard negative image per
+text, drawn from the ITC similarities. BLIP's momentum encoders and queues are not built: ITC
+uses in-batch negatives of the global batch.
+
 Vision towers: "swin" (clipjax.models.swin, the released checkpoints' Swin-B/Swin-L: average-
 pooled token + patch tokens) or "vit" (BLIP's / timm's ViT: pre-LN, final LayerNorm on every
 token; the released Tag2Text code's `vit='base'` option, used here for models trained from
@@ -35,8 +45,10 @@ import flax.linen as nn
 from clipjax.models.bert import BertEncoder
 from clipjax.models.captioning import CaptionDecoder
 from clipjax.models.config import TextConfig, VisionConfig, _build
+from clipjax.models.clip import l2_normalize
 from clipjax.models.layers import dense, dtype_of
 from clipjax.models.tagging import TaggingConfig, TaggingHead
+from clipjax.tagging_losses import TEMP_INIT, TEMP_RANGE, itc_loss, itm_pairs, sample_hard_negatives
 
 VARIANTS = ("tag2text", "ram")
 VISION_KINDS = ("vit", "swin")
@@ -56,6 +68,7 @@ class Tag2TextConfig:
                                   pad_token_id=0, pool="cls", cross_attention=True)
     image_proj_dim: Optional[int] = None  # RAM: 512 (CLIP ViT-B/16's embedding width)
     captioning: bool = True  # tag encoder + caption decoder (RAM++ has neither)
+    alignment_dim: int = 0  # > 0: BLIP ITC / ITM branch with this projection width (BLIP: 256)
     # token ids of the tokenizer the model was trained with (bert-base-uncased + [DEC], [ENC])
     bos_token_id: int = 30522  # [DEC]
     enc_token_id: int = 30523  # [ENC]
@@ -87,6 +100,8 @@ class Tag2TextConfig:
             raise ValueError(f"the tie shares the tagging head's {h.layers} layers with the tag encoder's lowest: "
                              f"they need equal width / mlp_dim (head {h.width}/{h.mlp_dim}, text {t.width}/{t.mlp_dim}) "
                              f"and head layers <= text layers ({h.layers} > {t.layers})")
+        if self.alignment_dim and not self.captioning:
+            raise ValueError("ITC / ITM (alignment_dim) use the tag encoder as the text encoder: needs captioning")
         if self.variant == "ram" and not self.image_proj_dim:
             raise ValueError("RAM needs image_proj_dim (the CLIP embedding width, 512 in the release)")
 
@@ -162,6 +177,12 @@ class Tag2Text(nn.Module):
                                            **rt)
             self.text_decoder = CaptionDecoder(cfg.text, dropout_rate=self.dropout_rate,
                                                encoder_width=cfg.text.width, **rt)
+        if cfg.alignment_dim:
+            dt, pdt = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
+            self.vision_proj = dense(cfg.alignment_dim, ("embed", "proj"), dt, pdt)
+            self.text_proj = dense(cfg.alignment_dim, ("embed", "proj"), dt, pdt)
+            self.itm_head = dense(2, ("embed", None), dt, pdt)
+            self.temp = self.param("temp", nn.initializers.constant(TEMP_INIT), (), jnp.float32)
 
     def image_tokens(self, images, deterministic: bool = True):
         """NHWC images (normalised) -> (B, 1+L, image_width): the pooled/[CLS] token first."""
@@ -190,14 +211,61 @@ class Tag2Text(nn.Module):
         return self.text_decoder(caption_ids, caption_mask, tag_states, tag_mask,
                                  deterministic=deterministic)["logits"]
 
-    def __call__(self, images, tag_ids=None, caption_ids=None, label_embed=None, deterministic: bool = True):
+    # ------------------------------------------------------------- ITC / ITM (BLIP)
+    def image_feat(self, image_tokens):
+        """(B, 1+L, W) image tokens -> (B, alignment_dim) L2-normalised ITC feature."""
+        return l2_normalize(self.vision_proj(image_tokens[:, 0]).astype(jnp.float32))
+
+    def text_feat(self, text_ids, deterministic: bool = True):
+        """[CLS] + caption ids -> (B, alignment_dim) L2-normalised ITC feature (the tag
+        encoder in text mode: no cross-attention)."""
+        mask = (text_ids != self.cfg.text.pad_token_id).astype(jnp.int32)
+        x = self.tag_encoder(text_ids, mask, deterministic=deterministic)["tokens"][:, 0]
+        return l2_normalize(self.text_proj(x).astype(jnp.float32))
+
+    def itm_logits(self, text_ids, image_tokens, deterministic: bool = True):
+        """(B, 2) match / no-match logits of caption ids (first token set to [ENC]) against
+        the image tokens (B, 1+L, W); index 1 = match."""
+        ids = text_ids.at[:, 0].set(self.cfg.enc_token_id)
+        mask = (ids != self.cfg.text.pad_token_id).astype(jnp.int32)
+        x = self.tag_encoder(ids, mask, encoder_hidden_states=image_tokens, deterministic=deterministic)["tokens"]
+        return self.itm_head(x[:, 0]).astype(jnp.float32)
+
+    def temperature(self):
+        """BLIP clamps `temp` in place to [0.001, 0.5] after each step; here the clamp is in the
+        forward with a straight-through gradient, so the value used is always in range."""
+        return self.temp + jax.lax.stop_gradient(jnp.clip(self.temp, *TEMP_RANGE) - self.temp)
+
+    def align(self, image_tokens, text_ids, key=None, deterministic: bool = True):
+        """BLIP's ITC + ITM on aligned pairs (row i of each). `key`: PRNG key for drawing the
+        hard negatives (training); None takes the most similar non-matching one instead.
+        Returns itc_loss, itm_logits (3B, 2), itm_labels (3B,) and the ITC similarities."""
+        img, txt = self.image_feat(image_tokens), self.text_feat(text_ids, deterministic)
+        loss, (sim_i2t, sim_t2i) = itc_loss(img, txt, self.temperature())
+        if key is None:
+            eye = jnp.eye(sim_i2t.shape[0], dtype=bool)
+            neg_t = jnp.argmax(jnp.where(eye, -jnp.inf, jax.lax.stop_gradient(sim_i2t)), axis=1)
+            neg_i = jnp.argmax(jnp.where(eye, -jnp.inf, jax.lax.stop_gradient(sim_t2i)), axis=1)
+        else:
+            neg_t, neg_i = sample_hard_negatives(key, sim_i2t, sim_t2i)
+        image_index, text_index, labels = itm_pairs(neg_t, neg_i)
+        logits = self.itm_logits(text_ids[text_index], image_tokens[image_index], deterministic)
+        return dict(itc_loss=loss, itm_logits=logits, itm_labels=labels, sim_i2t=sim_i2t)
+
+    def __call__(self, images, tag_ids=None, caption_ids=None, text_ids=None, label_embed=None, align_key=None,
+                 deterministic: bool = True):
+        """Every part. `text_ids` ([CLS] + caption, needed with `alignment_dim`) add the ITC /
+        ITM outputs (see `align`); `align_key` draws its hard negatives."""
         tokens = self.image_tokens(images, deterministic)
         tag_logits = self.tag_logits(tokens, label_embed, deterministic)
         logits = None
+        out = {}
         if self.cfg.captioning:
             states = self.encode_tags(tag_ids, tokens, deterministic)
             logits = self.decode(caption_ids, states, deterministic=deterministic)
-        return dict(tag_logits=tag_logits, caption_logits=logits, image_cls=tokens[:, 0])
+        if self.cfg.alignment_dim and text_ids is not None:
+            out = self.align(tokens, text_ids, align_key, deterministic)
+        return dict(tag_logits=tag_logits, caption_logits=logits, image_cls=tokens[:, 0], **out)
 
 
 # -------------------------------------------------------------------------------- tying
@@ -225,9 +293,14 @@ def tie_tag_encoder(params: dict) -> dict:
 
 
 def init_inputs(cfg: Tag2TextConfig, batch: int = 1):
+    """Positional inputs of `Tag2Text.__call__` that create every parameter."""
     s = cfg.image_size
+    ids = jnp.zeros((batch, 4), jnp.int32)
+    extra = (jnp.zeros((max(batch, 2), 4), jnp.int32),) if cfg.alignment_dim else ()
+    if extra:
+        batch = max(batch, 2)
     return (jnp.zeros((batch, s, s, 3), jnp.float32), jnp.zeros((batch, 4), jnp.int32),
-            jnp.zeros((batch, 4), jnp.int32))
+            jnp.zeros((batch, 4), jnp.int32)) + extra
 
 
 # ------------------------------------------------------------------- the released models

@@ -11,6 +11,9 @@ and the special token ids are filled in from the tokenizer and the dataset.
 config.data.tokenizer: a WordPiece vocab.txt (default for clipjax_shapes: a vocabulary of its
 words, written into the run). config.tag2text.tag_list: one tag per line (default: the
 dataset's tag names). Both are copied into <workdir>/tag2text/ for inference.
+config.model.alignment_dim > 0 adds BLIP's ITC + ITM (hard negatives drawn from the ITC
+similarities over the global batch) to the loss with weight 1 each, as BLIP sums its losses;
+the batches then carry [CLS] + caption ids for the text encoder.
 Periodic evaluation: tagging mAP / P / R / F1 at the model threshold on validation images.
 """
 
@@ -80,7 +83,7 @@ def tag2text_task(config, mesh, rules, workdir=None) -> Task:
     from clipjax.data.tagging import TaggingTrainData, TagTextTokenizer
     from clipjax.models.captioning import caption_lm_loss, caption_targets
     from clipjax.models.tag2text import Tag2Text, init_inputs, tie_tag_encoder
-    from clipjax.tagging_losses import asymmetric_loss, tag2text_loss
+    from clipjax.tagging_losses import asymmetric_loss, itm_loss, tag2text_loss
 
     vocab, tags = _assets(config, workdir)
     m = config.model
@@ -90,16 +93,23 @@ def tag2text_task(config, mesh, rules, workdir=None) -> Task:
     model = Tag2Text(cfg, dropout_rate=float(config.get("dropout", 0.0) or 0.0))
     pad, prompt_len, smoothing = cfg.text.pad_token_id, tok.prompt_length, float(config.get("label_smoothing", 0.1))
 
-    def loss_fn(params, other, images, tag_targets, tag_ids, cap_ids, rng):
+    def loss_fn(params, other, images, tag_targets, tag_ids, cap_ids, *rest):
+        *text_ids, rng = rest  # text_ids only with alignment_dim
+        drop_rng, align_rng = jax.random.split(rng)
         out = model.apply({"params": tie_tag_encoder(params), **other}, images, tag_ids, cap_ids,
-                          deterministic=False, rngs={"dropout": rng})
+                          text_ids[0] if text_ids else None, align_key=align_rng, deterministic=False,
+                          rngs={"dropout": drop_rng})
         loss_tag = asymmetric_loss(out["tag_logits"], tag_targets)
         loss_t2t, _ = caption_lm_loss(out["caption_logits"], caption_targets(cap_ids, pad, prompt_len), smoothing)
-        return tag2text_loss(loss_t2t, loss_tag), {}
+        loss = tag2text_loss(loss_t2t, loss_tag)
+        if text_ids:
+            loss = loss + out["itc_loss"] + itm_loss(out["itm_logits"], out["itm_labels"])
+        return loss, {}
 
     return Task(
         "tag2text", model, cfg, init_inputs(cfg), jax.value_and_grad(loss_fn, has_aux=True),
-        make_data=lambda position: TaggingTrainData(config, cfg.image_size, tok, tags, mesh, rules, position),
+        make_data=lambda position: TaggingTrainData(config, cfg.image_size, tok, tags, mesh, rules, position,
+                                                    with_text=bool(cfg.alignment_dim)),
         make_evaluator=lambda: make_tagging_evaluator(config, cfg, model, tags))
 
 
