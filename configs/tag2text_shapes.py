@@ -30,7 +30,12 @@ def get_config():
         prompt="a picture of ",
         tag_max_length=16,
         caption_max_length=32,
+        alignment_dim=0,  # > 0: BLIP ITC + ITM with this projection width (the release trains none)
     ))
+    # a user's collection instead: --config.data.name=collection --config.data.source=index.csv
+    # (filepath, title, tags columns) --config.data.tokenizer=vocab.txt --config.tag2text.tag_list=tags.txt
+    # [--config.tag2text.eval_source=val.csv]
+    c.tag2text = ml_collections.ConfigDict(dict(tag_list="", eval_source=""))
     c.batch_size = 64
     c.total_steps = 1500
     c.dropout = 0.0

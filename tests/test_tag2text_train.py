@@ -93,3 +93,95 @@ def test_tag2text_with_itc_itm_trains_and_matches(tmp_path):
     assert sim.shape == (2, 3) and np.all(np.abs(sim) <= 1 + 1e-5)
     p = model.match_probs(x, ["a red circle", "a blue square"])
     assert p.shape == (2,) and ((p >= 0) & (p <= 1)).all()
+
+
+def test_tag2text_trains_on_a_csv_collection_with_its_own_tag_list(tmp_path):
+    """config.data.name="collection": a CSV of (filepath, title, tags) with the user's tag list
+    and vocabulary; unknown tag names are counted, not mis-assigned; evaluate.py reads the
+    same kind of collection for tagging and captioning."""
+    import csv
+
+    import evaluate
+    from clipjax.data.shapes_dataset import TAGS, draw_example
+    from clipjax.data.tagging import shapes_vocabulary
+    from clipjax.train.loop import train
+
+    folder = tmp_path / "coll"
+    folder.mkdir()
+    my_tags = ["Circle", "square", "red", "blue", "large"]  # a subset, other case
+    with open(folder / "index.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filepath", "title", "tags"])
+        for i in range(12):
+            ex = draw_example(0, "train", i, 40)
+            Image.fromarray(ex["image_array"]).save(folder / f"{i}.png")
+            names = [TAGS[j] for j in np.flatnonzero(ex["tags"])] + ["not-a-tag"]
+            w.writerow([f"{i}.png", ex["captions"][0], " | ".join(names)])
+    (tmp_path / "tags.txt").write_text("\n".join(my_tags) + "\n")
+    vocab = shapes_vocabulary(str(tmp_path / "vocab.txt"))
+
+    c = _tiny(3)
+    c.model.tagging.num_tags = len(my_tags)
+    c.data.name = "collection"
+    c.data.source = str(folder / "index.csv")
+    c.data.tokenizer = vocab
+    c.data.shuffle_buffer = 16
+    c.tag2text = dict(tag_list=str(tmp_path / "tags.txt"), eval_source=str(folder / "index.csv"))
+    wd = str(tmp_path / "run")
+    final = train(c, wd)
+    assert np.isfinite(final["loss"]) and 0 <= final["tag_mAP"] <= 1
+    assert final["data/unknown_tags"] > 0 and final["data/decoded"] > 0
+    model = clipjax.load(wd)
+    assert model.tag_names == my_tags
+
+    for task in ("tagging", "captioning"):
+        out = str(tmp_path / f"{task}.json")
+        assert evaluate.main(["--checkpoint", wd, "--task", task, "--dataset", "collection", "--source",
+                              str(folder / "index.csv"), "--num-beams", "2", "--no-progress", "--output", out]) == 0
+        res = json.load(open(out))
+        assert ("mAP" if task == "tagging" else "BLEU_4") in res
+    assert res["settings"]["images"] == 12
+
+
+def test_ram_trains_with_clip_label_queries_and_teacher(tmp_path):
+    """variant "ram" with config.ram.clip: a (tiny) CLIP run gives the frozen label queries
+    (prompt-ensembled text embeddings of the tag names) and the distillation target (its image
+    embeddings of each batch, on the mesh); the trained RAM tags new names without retraining."""
+    import jax
+
+    from clipjax import sharding as shd
+    from clipjax.api import LoadedCLIP, read_any
+    from clipjax.models.tagging import build_label_embeddings
+    from clipjax.train.clip_teacher import ClipTeacher
+    from clipjax.train.loop import train
+
+    clip_wd = str(tmp_path / "clip")
+    cc = _config(total_steps=2)
+    cc.eval_every = 0
+    train(cc, clip_wd)
+    clip_cfg, clip_vars = read_any(clip_wd)
+    clip = LoadedCLIP(clip_cfg, clip_vars)
+
+    c = _tiny(3)
+    c.model.variant = "ram"
+    c.ram = dict(clip=clip_wd)
+    wd = str(tmp_path / "ram")
+    final = train(c, wd)
+    assert np.isfinite(final["loss"]) and 0 <= final["tag_mAP"] <= 1
+
+    ram = clipjax.load(wd)
+    assert ram.cfg.variant == "ram" and ram.cfg.image_proj_dim == clip_cfg.embed_dim
+    want = build_label_embeddings(ram.tag_names, clip.encode_text)
+    got = np.asarray(ram.variables["constants"]["tagging_head"]["label_embed"])
+    np.testing.assert_allclose(got, want, atol=1e-6)  # frozen: unchanged by training
+    img = (np.random.default_rng(0).random((40, 48, 3)) * 255).astype(np.uint8)
+    x = ram.preprocess([img, img])
+    names = ["rhombus", "red circle"]
+    tags = ram.openset_tags(x, names, build_label_embeddings(names, clip.encode_text), threshold=0.0)
+    assert tags == ["rhombus | red circle"] * 2  # threshold 0: every name, so the path ran end to end
+
+    mesh = shd.make_mesh({"data": -1})
+    teacher = ClipTeacher(clip_cfg, clip_vars, mesh, shd.DEFAULT_RULES)
+    px = clip.preprocess([img] * len(mesh.devices.flat))  # a global batch splits over every device
+    np.testing.assert_allclose(np.asarray(jax.device_get(teacher(jax.numpy.asarray(px)))),
+                               clip.encode_image(px, preprocessed=True, normalize=False), atol=1e-5)

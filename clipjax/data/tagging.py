@@ -10,10 +10,16 @@ Text framing (recognize-anything tag2text.py / ram.py):
 The tokenizer is WordPiece (transformers' BertTokenizer) from a vocab.txt: bert-base-uncased's
 plus [DEC] and [ENC] for released models; for clipjax_shapes, `shapes_vocabulary()` writes a
 small vocabulary covering every word the builder's captions and tags use.
+
+Sources: a TFDS dataset with `image`, `captions` and a multi-hot `tags` (clipjax_shapes), or a
+user's collection (clipjax.data.collection: CSV / TSV / JSONL or tar shards with a tags column
+/ field) read against the run's tag list: tags are matched case-insensitively, and names not
+in the list are dropped and counted (`unknown_tags`), never silently mis-assigned.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 from typing import Sequence
 
@@ -107,17 +113,68 @@ def shapes_tag_names() -> tuple[str, ...]:
     return tuple(TAGS)
 
 
+class TagMatcher:
+    """Tag names -> multi-hot rows over a tag list (case- and space-insensitive); counts the
+    names that are not in the list."""
+
+    def __init__(self, tag_names: Sequence[str]):
+        self.index = {self.key(t): i for i, t in enumerate(tag_names)}
+        self.size = len(tag_names)
+        self.unknown: collections.Counter = collections.Counter()
+
+    @staticmethod
+    def key(name: str) -> str:
+        return " ".join(str(name).lower().split())
+
+    def __call__(self, names: Sequence[str]) -> np.ndarray:
+        row = np.zeros(self.size, np.float32)
+        for n in names:
+            i = self.index.get(self.key(n))
+            if i is None:
+                self.unknown[self.key(n)] += 1
+            else:
+                row[i] = 1.0
+        return row
+
+
+def collection_dataset(collection, matcher: TagMatcher):
+    """tf.data of {"image": uint8 (H, W, 3), "captions": (1,) string, "tags": (C,) float32}
+    from an ImageTextCollection (decoded and cleaned by its robust reader)."""
+    import tensorflow as tf
+
+    def gen():
+        for ex in collection:
+            yield {"image": ex["image"], "captions": np.asarray([ex["caption"].encode("utf-8")], object),
+                   "tags": matcher(ex["tags"])}
+
+    return tf.data.Dataset.from_generator(gen, output_signature={
+        "image": tf.TensorSpec((None, None, 3), tf.uint8),
+        "captions": tf.TensorSpec((1,), tf.string),
+        "tags": tf.TensorSpec((matcher.size,), tf.float32)})
+
+
+def open_tagged_collection(data_config):
+    """config.data (source, collection_kwargs) -> ImageTextCollection."""
+    from clipjax.data.collection import ImageTextCollection
+
+    if not data_config.get("source"):
+        raise ValueError('config.data.source is required for data.name="collection"')
+    return ImageTextCollection(data_config.source, **dict(data_config.get("collection_kwargs", None) or {}))
+
+
 class TaggingTrainData:
     """Global Tag2Text / RAM batches: (images (B,S,S,3) CLIP-normalised, tags (B,C) float 0/1,
     tag ids (B,Lt), caption ids (B,Lc)). The tag encoder reads the ground-truth tags (the
     release's `parse_tag`); one of the example's captions is drawn per visit from (seed, index).
 
     config.data: name (a TFDS dataset with image, captions and a multi-hot `tags`; default
-    clipjax_shapes), data_dir, shapes / builder_kwargs, seed, shuffle_buffer, split. Same
-    determinism and exact-resume scheme as clipjax.data.pipeline.TFDataTrainData."""
+    clipjax_shapes; or "collection" with `source` + optional `collection_kwargs`, whose images
+    get the random resized crop of `crop_scale`), data_dir, shapes / builder_kwargs, seed,
+    shuffle_buffer, split. Same determinism and exact-resume scheme as
+    clipjax.data.pipeline.TFDataTrainData."""
 
     def __init__(self, config, image_size: int, tokenizer: TagTextTokenizer, tag_names, mesh, rules, position=0,
-                 with_text: bool = False):
+                 with_text: bool = False, teacher=None):
         from clipjax import sharding as shd
         from clipjax.data.pipeline import builder_kwargs, prepare_once, process_rows
 
@@ -126,9 +183,17 @@ class TaggingTrainData:
         self.position = int(position)
         self.tokenizer, self.tag_names = tokenizer, list(tag_names)
         self.with_text = with_text  # + [CLS] + caption ids (B, Lc) for ITC / ITM
+        self.teacher = teacher  # + its embeddings of the images (B, D), computed on the mesh (RAM)
         self.shardings = [shd.batch_sharding(mesh, n, rules) for n in (4, 2, 2, 2, 2)[:5 if with_text else 4]]
         self.rows = process_rows(self.shardings[0], self.batch_size)
         name = d.get("name") or "clipjax_shapes"
+        self.collection = self.matcher = None
+        if name == "collection":
+            self.collection = open_tagged_collection(d)
+            self.matcher = TagMatcher(self.tag_names)
+            self._ds = self._build(collection_dataset(self.collection, self.matcher), d, image_size, crop=True)
+            self._it = iter(self._ds)
+            return
         builder = prepare_once(name, d.get("data_dir", None) or None, builder_kwargs(d, name))
         features = builder.info.features
         for key in ("image", "captions", "tags"):
@@ -137,24 +202,28 @@ class TaggingTrainData:
                                  "and multi-hot tags")
         if features["tags"].shape[-1] != len(self.tag_names):
             raise ValueError(f"{name} has {features['tags'].shape[-1]} tags, the tag list {len(self.tag_names)}")
-        self._ds = self._build(builder, d, image_size)
+        self._ds = self._build(builder.as_dataset(split=d.get("split", None) or "train", shuffle_files=False), d,
+                               image_size)
         self._it = iter(self._ds)
 
-    def _build(self, builder, d, image_size):
+    def _build(self, ds, d, image_size, crop: bool = False):
         import tensorflow as tf
 
-        from clipjax.data.augment import example_seed, normalize
+        from clipjax.data.augment import example_seed, normalize, train_transform
         from clipjax.data.pipeline import batched, indexed_stream
 
         seed = int(d.get("seed", 0))
-        ds = builder.as_dataset(split=d.get("split", None) or "train", shuffle_files=False)
+        scale = tuple(d.get("crop_scale", None) or (0.9, 1.0))
         ds = indexed_stream(ds, seed, int(d.get("shuffle_buffer", 10_000) or 0), self.position, self.batch_size,
                             self.rows)
 
         def prepare(i, ex):
-            img = tf.image.resize(tf.cast(ex["image"], tf.float32), (image_size, image_size), method="bicubic",
-                                  antialias=True)
-            img = normalize(tf.clip_by_value(img, 0.0, 255.0) / 255.0)
+            if crop:  # a collection's images: any size and aspect
+                img = train_transform(ex["image"], example_seed(seed, i, 0), image_size, scale=scale)
+            else:
+                img = tf.image.resize(tf.cast(ex["image"], tf.float32), (image_size, image_size), method="bicubic",
+                                      antialias=True)
+                img = normalize(tf.clip_by_value(img, 0.0, 255.0) / 255.0)
             caps = ex["captions"]
             j = tf.random.stateless_uniform([], example_seed(seed, i, 20), 0, tf.shape(caps)[0], dtype=tf.int32)
             return img, tf.cast(ex["tags"], tf.float32), caps[j]
@@ -164,6 +233,12 @@ class TaggingTrainData:
 
     def __iter__(self):
         return self
+
+    def counts(self) -> dict | None:
+        """A collection's decode counters plus the tag names not in the tag list, else None."""
+        if self.collection is None:
+            return None
+        return {**self.collection.counts.as_dict(), "unknown_tags": sum(self.matcher.unknown.values())}
 
     def __next__(self):
         import jax
@@ -176,18 +251,26 @@ class TaggingTrainData:
         if self.with_text:
             local.append(self.tokenizer.texts(captions))
         self.position += self.batch_size
-        return tuple(jax.make_array_from_process_local_data(sh, x, (self.batch_size,) + x.shape[1:])
-                     for sh, x in zip(self.shardings, local))
+        batch = tuple(jax.make_array_from_process_local_data(sh, x, (self.batch_size,) + x.shape[1:])
+                      for sh, x in zip(self.shardings, local))
+        return batch + ((self.teacher(batch[0]),) if self.teacher is not None else ())
 
 
-def eval_set(builder, split: str, examples: int, image_size: int):
-    """First `examples` images of `split`: dict(images (N,S,S,3) float CLIP-normalised, tags
-    (N,C) uint8, captions list of lists of str)."""
+def eval_set(source, split: str, examples: int, image_size: int, tag_names: Sequence[str] | None = None):
+    """First `examples` images of `split` of a TFDS builder, or of an ImageTextCollection
+    (then `tag_names` maps its tags; `split` is unused; images get clipjax.load's
+    preprocessing): dict(images (N,S,S,3) float CLIP-normalised, tags (N,C) uint8, captions
+    list of lists of str, unknown_tags)."""
+    from clipjax.data.collection import ImageTextCollection
+
+    if isinstance(source, ImageTextCollection):
+        return _collection_eval_set(source, examples, image_size, tag_names)
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
     from clipjax.data.augment import normalize
 
+    builder = source
     images, tags, caps = [], [], []
     for ex in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False).take(examples)):
         img = tf.image.resize(tf.cast(ex["image"], tf.float32), (image_size, image_size), method="bicubic",
@@ -197,4 +280,24 @@ def eval_set(builder, split: str, examples: int, image_size: int):
         caps.append([c.decode("utf-8") for c in ex["captions"]])
     if not images:
         raise ValueError(f"split {split!r} is empty")
-    return dict(images=np.stack(images).astype(np.float32), tags=np.stack(tags), captions=caps)
+    return dict(images=np.stack(images).astype(np.float32), tags=np.stack(tags), captions=caps, unknown_tags=0)
+
+
+def _collection_eval_set(collection, examples: int, image_size: int, tag_names):
+    """Each usable row is one image, its caption the one reference."""
+    from clipjax.preprocess import preprocess_images
+
+    if tag_names is None:
+        raise ValueError("a collection's tags need the model's tag list (tag_names)")
+    matcher = TagMatcher(tag_names)
+    images, tags, caps = [], [], []
+    for ex in collection:
+        if len(images) >= examples:
+            break
+        images.append(preprocess_images([ex["image"]], image_size)[0])
+        tags.append(matcher(ex["tags"]))
+        caps.append([ex["caption"]])
+    if not images:
+        raise ValueError("the collection has no usable example")
+    return dict(images=np.stack(images).astype(np.float32), tags=np.stack(tags).astype(np.uint8), captions=caps,
+                unknown_tags=sum(matcher.unknown.values()))

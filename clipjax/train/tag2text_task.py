@@ -1,4 +1,4 @@
-"""Tag2Text as a training task (config.task = "tag2text"), trained from scratch.
+"""Tag2Text and RAM as a training task (config.task = "tag2text"), trained from scratch.
 
 Loss, as the release's pretrain.py: captioning cross-entropy with label smoothing 0.1 over
 the non-prompt tokens, plus the asymmetric tagging loss balanced to the captioning loss's
@@ -11,6 +11,15 @@ and the special token ids are filled in from the tokenizer and the dataset.
 config.data.tokenizer: a WordPiece vocab.txt (default for clipjax_shapes: a vocabulary of its
 words, written into the run). config.tag2text.tag_list: one tag per line (default: the
 dataset's tag names). Both are copied into <workdir>/tag2text/ for inference.
+A user's collection (config.data.name="collection", config.data.source = a CSV / TSV / JSONL
+with image path, caption and tags columns, or tar shards) needs both; its tags are matched to
+the tag list (unknown names dropped and counted in the logs); config.tag2text.eval_source (a
+second index) gives the periodic validation.
+RAM (config.model.variant = "ram", config.ram.clip = a CLIP checkpoint): the tag queries are that
+CLIP's prompt-ensembled text embeddings of the tag names (frozen), image_proj maps the image
+tokens to the CLIP width, and the loss adds RAM's L1 distillation of the projected [CLS] token
+to the CLIP image embedding of the same image (clipjax.train.clip_teacher), as pretrain.py:
+loss_t2t + balanced(loss_tag) + loss_dis.
 config.model.alignment_dim > 0 adds BLIP's ITC + ITM (hard negatives drawn from the ITC
 similarities over the global batch) to the loss with weight 1 each, as BLIP sums its losses;
 the batches then carry [CLS] + caption ids for the text encoder.
@@ -59,7 +68,10 @@ def _assets(config, workdir):
     return vocab, tags
 
 
-def tag2text_config(config, tokenizer, num_tags: int):
+def tag2text_config(config, tokenizer, num_tags: int, clip_embed_dim: int | None = None):
+    """The model config from config.model, with the vocabulary size, tag count and special ids
+    filled in; for RAM (variant "ram") the CLIP width sets image_proj, the label width and the
+    width of the image tokens the head reads."""
     from clipjax.models.config import TextConfig
     from clipjax.models.tag2text import Tag2TextConfig
     from clipjax.models.tagging import TaggingConfig
@@ -69,48 +81,78 @@ def tag2text_config(config, tokenizer, num_tags: int):
     text.update(vocab_size=max(int(text.get("vocab_size", 0) or 0), len(tokenizer)), pad_token_id=tokenizer.pad_id)
     tagging = dict(d.pop("tagging", {}))
     tagging["num_tags"] = num_tags
-    base = Tag2TextConfig.from_dict({**d, "text": TextConfig(**{**dataclasses.asdict(TextConfig(
+    if d.get("variant", "tag2text") == "ram":
+        if clip_embed_dim is None:
+            raise ValueError("RAM needs the CLIP of config.ram.clip")
+        d["image_proj_dim"] = clip_embed_dim
+        tagging.update(label_source="clip", label_dim=clip_embed_dim, encoder_width=clip_embed_dim,
+                       classifier="shared")  # RAM's shared Linear(width, 1) over the label queries
+    return Tag2TextConfig.from_dict({**d, "text": TextConfig(**{**dataclasses.asdict(TextConfig(
         kind="bert", eos_token_id=None, pool="cls", cross_attention=True, act="gelu", ln_eps=1e-12)), **text}),
         "tagging": TaggingConfig.from_dict(tagging),
         "bos_token_id": tokenizer.bos_id, "enc_token_id": tokenizer.enc_id, "sep_token_id": tokenizer.sep_id})
-    if base.variant != "tag2text":
-        raise ValueError("train.py trains the Tag2Text variant; RAM needs CLIP label embeddings and a CLIP "
-                         "teacher for distillation, which this task does not set up yet")
-    return base
+
+
+def set_label_embeddings(variables, embeddings):
+    """variables with the RAM head's frozen label queries (constants) replaced, same sharding."""
+    consts = variables["constants"]["tagging_head"]
+    old = consts["label_embed"]
+    if old.shape != embeddings.shape:
+        raise ValueError(f"label embeddings {embeddings.shape}, the head expects {old.shape}")
+    new = jax.device_put(np.asarray(embeddings, old.dtype), old.sharding)
+    return {**variables, "constants": {**variables["constants"], "tagging_head": {**consts, "label_embed": new}}}
 
 
 def tag2text_task(config, mesh, rules, workdir=None) -> Task:
     from clipjax.data.tagging import TaggingTrainData, TagTextTokenizer
     from clipjax.models.captioning import caption_lm_loss, caption_targets
     from clipjax.models.tag2text import Tag2Text, init_inputs, tie_tag_encoder
-    from clipjax.tagging_losses import asymmetric_loss, itm_loss, tag2text_loss
+    from clipjax.tagging_losses import asymmetric_loss, clip_distillation_loss, itm_loss, tag2text_loss
 
     vocab, tags = _assets(config, workdir)
     m = config.model
     tok = TagTextTokenizer(vocab, m.get("prompt", "a picture of "), int(m.get("tag_max_length", 40)),
                            int(m.get("caption_max_length", 40)))
-    cfg = tag2text_config(config, tok, len(tags))
+    ram = (m.get("variant", "tag2text") or "tag2text") == "ram"
+    teacher = post_init = None
+    if ram:  # CLIP label queries (frozen constants) and the CLIP image teacher
+        from clipjax.train.clip_teacher import ClipTeacher, ram_label_embeddings, read_clip
+
+        clip_cfg, clip_vars = read_clip((config.get("ram", None) or {}).get("clip", ""))
+        label_embed = ram_label_embeddings(tags, clip_cfg, clip_vars)
+        teacher = ClipTeacher(clip_cfg, clip_vars, mesh, rules)
+        post_init = lambda variables: set_label_embeddings(variables, label_embed)  # noqa: E731
+    cfg = tag2text_config(config, tok, len(tags), teacher.embed_dim if teacher else None)
+    if not cfg.captioning:
+        raise ValueError("train.py trains Tag2Text and RAM with their caption decoder (RAM++ is not trained here)")
     model = Tag2Text(cfg, dropout_rate=float(config.get("dropout", 0.0) or 0.0))
     pad, prompt_len, smoothing = cfg.text.pad_token_id, tok.prompt_length, float(config.get("label_smoothing", 0.1))
+    align = bool(cfg.alignment_dim)
 
     def loss_fn(params, other, images, tag_targets, tag_ids, cap_ids, *rest):
-        *text_ids, rng = rest  # text_ids only with alignment_dim
+        # rest: [text_ids (alignment)], [CLIP image embeddings (RAM)], rng
+        rest = list(rest)
+        rng = rest.pop()
+        text_ids = rest.pop(0) if align else None
+        clip_feats = rest.pop(0) if ram else None
         drop_rng, align_rng = jax.random.split(rng)
-        out = model.apply({"params": tie_tag_encoder(params), **other}, images, tag_ids, cap_ids,
-                          text_ids[0] if text_ids else None, align_key=align_rng, deterministic=False,
-                          rngs={"dropout": drop_rng})
+        out = model.apply({"params": tie_tag_encoder(params), **other}, images, tag_ids, cap_ids, text_ids,
+                          align_key=align_rng, deterministic=False, rngs={"dropout": drop_rng})
         loss_tag = asymmetric_loss(out["tag_logits"], tag_targets)
         loss_t2t, _ = caption_lm_loss(out["caption_logits"], caption_targets(cap_ids, pad, prompt_len), smoothing)
-        loss = tag2text_loss(loss_t2t, loss_tag)
-        if text_ids:
+        loss = tag2text_loss(loss_t2t, loss_tag)  # RAM: + loss_dis (ram_loss)
+        if ram:
+            loss = loss + clip_distillation_loss(out["image_cls"], clip_feats)
+        if align:
             loss = loss + out["itc_loss"] + itm_loss(out["itm_logits"], out["itm_labels"])
         return loss, {}
 
     return Task(
         "tag2text", model, cfg, init_inputs(cfg), jax.value_and_grad(loss_fn, has_aux=True),
         make_data=lambda position: TaggingTrainData(config, cfg.image_size, tok, tags, mesh, rules, position,
-                                                    with_text=bool(cfg.alignment_dim)),
-        make_evaluator=lambda: make_tagging_evaluator(config, cfg, model, tags))
+                                                    with_text=align, teacher=teacher),
+        make_evaluator=lambda: make_tagging_evaluator(config, cfg, model, tags),
+        post_init=post_init)
 
 
 def make_tagging_evaluator(config, cfg, model, tag_names):
@@ -123,8 +165,18 @@ def make_tagging_evaluator(config, cfg, model, tag_names):
 
     d = config.data
     name = d.get("name") or "clipjax_shapes"
-    builder = prepare_once(name, d.get("data_dir", None) or None, builder_kwargs(d, name))
-    data = eval_set(builder, "validation", int(config.get("eval_examples", 500)), cfg.image_size)
+    n = int(config.get("eval_examples", 500))
+    if name == "collection":  # validation rows from config.tag2text.eval_source, else no periodic eval
+        from clipjax.data.collection import ImageTextCollection
+
+        source = (config.get("tag2text", None) or {}).get("eval_source", None)
+        if not source:
+            return None
+        kwargs = dict(d.get("collection_kwargs", None) or {})
+        data = eval_set(ImageTextCollection(source, **kwargs), "", n, cfg.image_size, tag_names)
+    else:
+        builder = prepare_once(name, d.get("data_dir", None) or None, builder_kwargs(d, name))
+        data = eval_set(builder, "validation", n, cfg.image_size)
     bs = int(config.batch_size)
 
     @jax.jit
