@@ -130,6 +130,11 @@ def convert_ram(args) -> int:
                     f.write("\n".join(tags) + "\n")
                 with open(os.path.join(assets, "thresholds.txt"), "w") as f:
                     f.write("\n".join(f"{t:g}" for t in thresholds) + "\n")
+                if cfg.variant == "tag2text":  # tags the release never passes to the captioner
+                    from clipjax.models.tagging import TAG2TEXT_DELETE_TAG_INDEX
+
+                    with open(os.path.join(assets, "delete_tags.txt"), "w") as f:
+                        f.write("\n".join(str(i) for i in TAG2TEXT_DELETE_TAG_INDEX) + "\n")
             if args.vocab:
                 shutil.copyfile(args.vocab, os.path.join(assets, "vocab.txt"))
         else:

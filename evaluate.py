@@ -14,7 +14,8 @@ ImageNet); --classnames / --templates override them (one per line). Images are p
 exactly as clipjax.load(...) does at inference; encoding is sharded over all local devices.
 
 Segmentation (a CLIPSeg checkpoint): every object of the split is segmented from its referring
-phrase; mIoU, IoU_FG and AP as the CLIPSeg paper defines them (best threshold, and at 0.5),
+phrase (other TFDS segmentation datasets: --segmentation describes their mask, as
+config.data.segmentation does for training); mIoU, IoU_FG and AP as the CLIPSeg paper defines them (best threshold, and at 0.5),
 also on objects whose colour-shape pair was held out of clipjax_shapes' training split; the
 first --overlays examples are drawn (image, truth, prediction) as PNGs beside --output.
 
@@ -172,13 +173,19 @@ def segmentation(args, seg, builder) -> tuple[dict, dict]:
 
     from clipjax import sharding as shd
     from clipjax.data.segmentation import eval_examples
+    from clipjax.data.segmentation_adapter import SegmentationAdapter
     from clipjax.data.shapes_dataset import COLOR_NAMES, HELD_OUT, SHAPES
     from clipjax.evaluation.segmentation import ReferringSegmentation, overlay_png
     from clipjax.preprocess import CLIP_MEAN, CLIP_STD
 
     mesh = shd.make_mesh({"data": -1})
     held = [COLOR_NAMES.index(c) * len(SHAPES) + SHAPES.index(s) for c, s in HELD_OUT]
-    ev = eval_examples(builder, args.split, args.examples or 10 ** 9)
+    spec = args.segmentation
+    if spec and os.path.exists(spec):
+        with open(spec) as f:
+            spec = f.read()
+    adapter = SegmentationAdapter.from_config(json.loads(spec)) if spec else None
+    ev = eval_examples(builder, args.split, args.examples or 10 ** 9, adapter)
     score = ReferringSegmentation(seg.cfg, ev, mesh, shd.DEFAULT_RULES, args.batch_size,
                                   held if args.dataset == "clipjax_shapes" else ())
     bar = tqdm(total=len(score), desc="segmentation", unit="obj", disable=args.no_progress, file=sys.stderr)
@@ -302,6 +309,10 @@ def main(argv=None) -> int:
     p.add_argument("--confusion", default="", help="confusion-matrix PNG (default: beside --output)")
     p.add_argument("--overlays", type=int, default=8, help="segmentation: overlay PNGs of the first N examples")
     p.add_argument("--num-beams", type=int, default=3, help="captioning: beam width")
+    p.add_argument("--segmentation", default="",
+                   help="segmentation on a dataset without clipjax_shapes' objects: JSON (or a JSON file) of "
+                        "clipjax.data.segmentation_adapter fields, e.g. '{\"mask_key\": \"segmentation_mask\", "
+                        "\"foreground\": [1], \"label_key\": \"label\"}'")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 

@@ -3,7 +3,8 @@ predicted or user-given tags, and RAM's open-vocabulary tags for new names.
 
 A trained clipjax run keeps what inference needs beside its checkpoints (written by the
 training task): `tag2text/vocab.txt` (WordPiece vocabulary) and `tag2text/tag_list.txt`
-(+ optional `tag2text/thresholds.txt`). For a converted recognize-anything checkpoint pass
+(+ optional `tag2text/thresholds.txt`, and `tag2text/delete_tags.txt`: indices of tags never
+reported, one per line, as the released Tag2Text's `delete_tag_index`, which convert.py writes). For a converted recognize-anything checkpoint pass
 them explicitly (bert-base-uncased's vocab.txt; the shipped tag lists are the default).
 """
 
@@ -28,9 +29,10 @@ ASSET_DIR = "tag2text"  # inside a training workdir
 def run_assets(workdir: str) -> dict:
     d = os.path.join(workdir, ASSET_DIR)
     out = dict(vocab=os.path.join(d, "vocab.txt"), tag_list=os.path.join(d, "tag_list.txt"))
-    th = os.path.join(d, "thresholds.txt")
-    if os.path.exists(th):
-        out["thresholds"] = th
+    for name in ("thresholds", "delete_tags"):
+        path = os.path.join(d, f"{name}.txt")
+        if os.path.exists(path):
+            out[name] = path
     return out
 
 
@@ -66,6 +68,11 @@ class LoadedTag2Text:
         tags = load_tag_list(kw.pop("tag_list", None) or a["tag_list"])
         th = kw.pop("thresholds", None) or a.get("thresholds")
         thresholds = load_thresholds(th, len(tags)) if th else None
+        if "delete_index" not in kw and "delete_tags" in a:
+            with open(a["delete_tags"]) as f:
+                kw["delete_index"] = [int(line) for line in f if line.strip()]
+            if any(not 0 <= i < len(tags) for i in kw["delete_index"]):
+                raise ValueError(f"{a['delete_tags']}: an index outside the {len(tags)} tags")
         return cls(cfg, variables, kw.pop("vocab", None) or a["vocab"], tags, thresholds, **kw)
 
     # ------------------------------------------------------------------------- tagging

@@ -18,7 +18,9 @@ def get_config():
     c.clipseg = ml_collections.ConfigDict(dict(
         extract_layers=(1, 2, 3), reduce_dim=64, decoder_heads=4, decoder_mlp_dim=256, conditional_layer=0,
         complex_head=False, image_size=64))
-    c.data.update(negative_prob=0.2, visual_prob=0.3, crop_scale=(0.75, 1.0))
+    c.data.update(negative_prob=0.2, visual_prob=0.3, crop_scale=(0.75, 1.0), eval_split="validation",
+                  # another TFDS segmentation dataset: JSON of clipjax.data.segmentation_adapter fields
+                  segmentation="")
     c.batch_size = 64
     c.total_steps = 1500
     c.optimizer.update(lr=1e-3, warmup_steps=100, weight_decay=1e-4)

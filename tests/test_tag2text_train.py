@@ -94,6 +94,14 @@ def test_tag2text_with_itc_itm_trains_and_matches(tmp_path):
     p = model.match_probs(x, ["a red circle", "a blue square"])
     assert p.shape == (2,) and ((p >= 0) & (p <= 1)).all()
 
+    # tags the run says never to report (the released Tag2Text's delete_tag_index)
+    with open(os.path.join(wd, "tag2text", "delete_tags.txt"), "w") as f:
+        f.write("0\n3\n")
+    model = clipjax.load(wd)
+    assert model.delete_index == [0, 3]
+    probs = np.ones((1, len(model.tag_names)), np.float32)
+    assert model.tags(None, probs=probs)[0].split(" | ") == [t for i, t in enumerate(model.tag_names) if i not in (0, 3)]
+
 
 def test_tag2text_trains_on_a_csv_collection_with_its_own_tag_list(tmp_path):
     """config.data.name="collection": a CSV of (filepath, title, tags) with the user's tag list

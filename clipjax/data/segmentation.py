@@ -1,5 +1,6 @@
 """Referring-segmentation data for CLIPSeg from clipjax_shapes (or any TFDS dataset with the
-same `objects` {mask, phrase} layout): one (image, prompt, mask) triple per example.
+same `objects` {mask, phrase} layout; other TFDS segmentation datasets through
+clipjax.data.segmentation_adapter): one (image, prompt, mask) triple per example.
 
 Training stream (tf.data, the same global-index / per-process-rows / exact-resume scheme as
 clipjax/data/pipeline.py):
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from clipjax.data.segmentation_adapter import adapter_from_config
 from clipjax.data.shapes_dataset import COLOR_NAMES, POSITION_PHRASES, POSITIONS, SHAPES, SIZES
 
 
@@ -62,22 +64,24 @@ def _bbox(mask):
 
 
 def crop_keeping(image, mask, seed, out_size: int, crop_scale=(0.75, 1.0)):
-    """Random square crop with the mask's bounding box inside when it fits; resized."""
+    """Random square crop (side a `crop_scale` fraction of the short side) with the mask's
+    bounding box inside when it fits; resized."""
     import tensorflow as tf
 
-    s = tf.cast(tf.shape(image)[0], tf.float32)
-    side = s * tf.random.stateless_uniform([], seed, crop_scale[0], crop_scale[1])
+    h = tf.cast(tf.shape(image)[0], tf.float32)
+    w = tf.cast(tf.shape(image)[1], tf.float32)
+    side = tf.minimum(h, w) * tf.random.stateless_uniform([], seed, crop_scale[0], crop_scale[1])
     y0, x0, y1, x1 = tf.unstack(_bbox(mask))
     u = tf.random.stateless_uniform([2], seed + 1, 0.0, 1.0)
 
-    def start(lo, hi, r):  # keep [lo, hi) inside [a, a + side) when possible, within [0, s - side]
+    def start(lo, hi, r, s):  # keep [lo, hi) inside [a, a + side) when possible, within [0, s - side]
         a_min = tf.maximum(0.0, hi - side)
         a_max = tf.minimum(s - side, lo)
         a_max = tf.maximum(a_max, a_min)
         return a_min + r * (a_max - a_min)
 
-    top, left = start(y0, y1, u[0]), start(x0, x1, u[1])
-    box = tf.stack([top / s, left / s, (top + side) / s, (left + side) / s])[None]
+    top, left = start(y0, y1, u[0], h), start(x0, x1, u[1], w)
+    box = tf.stack([top / h, left / w, (top + side) / h, (left + side) / w])[None]
     img = tf.image.crop_and_resize(tf.cast(image, tf.float32)[None], box, [0], [out_size, out_size],
                                    method="bilinear")[0]
     m = tf.image.crop_and_resize(tf.cast(mask, tf.float32)[None, :, :, None], box, [0], [out_size, out_size],
@@ -93,11 +97,12 @@ def visual_prompt(image, mask, out_size: int):
     blur = tf.nn.avg_pool2d(img[None], 5, 1, "SAME")[0]
     m = tf.cast(mask, tf.float32)[:, :, None]
     vp = m * img + (1.0 - m) * 0.1 * blur
-    s = tf.cast(tf.shape(image)[0], tf.float32)
+    h = tf.cast(tf.shape(image)[0], tf.float32)
+    w = tf.cast(tf.shape(image)[1], tf.float32)
     y0, x0, y1, x1 = tf.unstack(_bbox(mask))
     half = tf.maximum(y1 - y0, x1 - x0) * 0.6 + 2.0
     cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
-    box = tf.stack([(cy - half) / s, (cx - half) / s, (cy + half) / s, (cx + half) / s])[None]
+    box = tf.stack([(cy - half) / h, (cx - half) / w, (cy + half) / h, (cx + half) / w])[None]
     return tf.image.crop_and_resize(vp[None], box, [0], [out_size, out_size], method="bilinear",
                                     extrapolation_value=0.0)[0]
 
@@ -125,11 +130,14 @@ def segmentation_example(ex, index, seed: int, image_size: int, negative_prob: f
     return img, phrase, target, vp, alpha
 
 
-def eval_examples(builder, split: str, examples: int):
+def eval_examples(builder, split: str, examples: int, adapter=None):
     """Every object of the first `examples` images: dict of numpy arrays images (N,S,S,3) uint8,
-    phrases (N,), masks (N,S,S) uint8, classes (N,) ("colour shape" index), image_index (N,)."""
+    phrases (N,), masks (N,S,S) uint8, classes (N,) ("colour shape" index), image_index (N,).
+    With a SegmentationAdapter, its targets of any TFDS segmentation dataset instead."""
     import tensorflow_datasets as tfds
 
+    if adapter is not None:
+        return adapter.eval_examples(builder, split, examples)
     ds = builder.as_dataset(split=split, shuffle_files=False)
     images, phrases, masks, classes, owner = [], [], [], [], []
     for i, ex in enumerate(tfds.as_numpy(ds.take(examples))):
@@ -151,9 +159,11 @@ class SegmentationTrainData:
     masks (B,S,S) 0/1 float, visual prompts (B,S,S,3) CLIP-normalised, alpha (B,)).
 
     config.data: name (a TFDS dataset with image + objects {mask, phrase, size, color, shape,
-    position}; default clipjax_shapes), data_dir, shapes/builder_kwargs, seed, shuffle_buffer,
-    negative_prob (0.2), visual_prob (0.5), crop_scale ((0.75, 1.0)). Same determinism and
-    exact-resume scheme as clipjax.data.pipeline.TFDataTrainData."""
+    position}, default clipjax_shapes; or any TFDS segmentation dataset described by
+    config.data.segmentation, see clipjax.data.segmentation_adapter), data_dir,
+    shapes/builder_kwargs, seed, shuffle_buffer, negative_prob (0.2), visual_prob (0.5),
+    crop_scale ((0.75, 1.0)). Same determinism and exact-resume scheme as
+    clipjax.data.pipeline.TFDataTrainData."""
 
     def __init__(self, config, image_size: int, tokenize, mesh, rules, position: int = 0):
         from clipjax import sharding as shd
@@ -168,8 +178,13 @@ class SegmentationTrainData:
         name = d.get("name") or "clipjax_shapes"
         builder = prepare_once(name, d.get("data_dir", None) or None, builder_kwargs(d, name))
         features = builder.info.features
-        if "objects" not in features or "mask" not in features["objects"].feature:
-            raise ValueError(f"{name} has no objects/mask feature: CLIPSeg training needs per-object masks and phrases")
+        self.adapter = adapter_from_config(d)
+        if self.adapter is not None:
+            self.adapter.check(features)
+        elif "objects" not in features or "mask" not in features["objects"].feature:
+            raise ValueError(f"{name} has no objects/mask feature: CLIPSeg training needs per-object masks and "
+                             "phrases, or config.data.segmentation describing its mask (see "
+                             "clipjax.data.segmentation_adapter)")
         self._ds = self._build(builder, d, image_size)
         self._it = iter(self._ds)
 
@@ -186,8 +201,14 @@ class SegmentationTrainData:
         ds = indexed_stream(ds, seed, int(d.get("shuffle_buffer", 10_000) or 0), self.position, self.batch_size,
                             self.rows)
 
+        adapter = self.adapter
+        names = adapter.names(builder.info.features) if adapter is not None else None
+
         def prepare(i, ex):
-            img, phrase, mask, vp, alpha = segmentation_example(ex, i, seed, image_size, neg, vis, scale)
+            if adapter is not None:
+                img, phrase, mask, vp, alpha = adapter.example(ex, i, seed, image_size, names, neg, vis, scale)
+            else:
+                img, phrase, mask, vp, alpha = segmentation_example(ex, i, seed, image_size, neg, vis, scale)
             return normalize(img / 255.0), phrase, mask, normalize(vp / 255.0), alpha
 
         return batched(ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True),

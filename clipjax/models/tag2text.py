@@ -295,12 +295,10 @@ def tie_tag_encoder(params: dict) -> dict:
 def init_inputs(cfg: Tag2TextConfig, batch: int = 1):
     """Positional inputs of `Tag2Text.__call__` that create every parameter."""
     s = cfg.image_size
-    ids = jnp.zeros((batch, 4), jnp.int32)
-    extra = (jnp.zeros((max(batch, 2), 4), jnp.int32),) if cfg.alignment_dim else ()
-    if extra:
+    if cfg.alignment_dim:  # + [CLS] + caption ids; ITM's negatives need two pairs at least
         batch = max(batch, 2)
-    return (jnp.zeros((batch, s, s, 3), jnp.float32), jnp.zeros((batch, 4), jnp.int32),
-            jnp.zeros((batch, 4), jnp.int32)) + extra
+    ids = jnp.zeros((batch, 4), jnp.int32)
+    return (jnp.zeros((batch, s, s, 3), jnp.float32), ids, ids) + ((ids,) if cfg.alignment_dim else ())
 
 
 # ------------------------------------------------------------------- the released models

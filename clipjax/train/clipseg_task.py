@@ -77,18 +77,21 @@ def clipseg_task(config, mesh, rules) -> Task:
 
 
 def make_segmentation_evaluator(config, cfg, mesh, rules):
-    """mIoU / IoU_FG / AP on every object of the first eval_examples validation images."""
+    """mIoU / IoU_FG / AP on every object of the first eval_examples images of
+    config.data.eval_split (default "validation")."""
     if not config.get("eval_every"):
         return None
     from clipjax.data.pipeline import builder_kwargs, prepare_once
     from clipjax.data.segmentation import eval_examples
+    from clipjax.data.segmentation_adapter import adapter_from_config
     from clipjax.evaluation.segmentation import ReferringSegmentation
 
     d = config.data
     name = d.get("name") or "clipjax_shapes"
     builder = prepare_once(name, d.get("data_dir", None) or None, builder_kwargs(d, name))
-    score = ReferringSegmentation(cfg, eval_examples(builder, "validation", int(config.get("eval_examples", 200))),
-                                  mesh, rules, int(config.batch_size))
+    examples = eval_examples(builder, d.get("eval_split", None) or "validation", int(config.get("eval_examples", 200)),
+                             adapter_from_config(d))
+    score = ReferringSegmentation(cfg, examples, mesh, rules, int(config.batch_size))
 
     def evaluate(variables) -> dict:
         v, _ = score(variables)

@@ -33,7 +33,6 @@ import os
 import shutil
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from clipjax.train.tasks import Task
@@ -151,15 +150,16 @@ def tag2text_task(config, mesh, rules, workdir=None) -> Task:
         "tag2text", model, cfg, init_inputs(cfg), jax.value_and_grad(loss_fn, has_aux=True),
         make_data=lambda position: TaggingTrainData(config, cfg.image_size, tok, tags, mesh, rules, position,
                                                     with_text=align, teacher=teacher),
-        make_evaluator=lambda: make_tagging_evaluator(config, cfg, model, tags),
+        make_evaluator=lambda: make_tagging_evaluator(config, cfg, model, tags, mesh, rules),
         post_init=post_init)
 
 
-def make_tagging_evaluator(config, cfg, model, tag_names):
+def make_tagging_evaluator(config, cfg, model, tag_names, mesh, rules):
     if not config.get("eval_every"):
         return None
     from clipjax.data.pipeline import builder_kwargs, prepare_once
     from clipjax.data.tagging import eval_set
+    from clipjax.evaluation.encode import global_batch, sharded_encoder
     from clipjax.evaluation.tagging_metrics import tagging_report
     from clipjax.models.tag2text import Tag2Text, tie_tag_encoder
 
@@ -177,18 +177,17 @@ def make_tagging_evaluator(config, cfg, model, tag_names):
     else:
         builder = prepare_once(name, d.get("data_dir", None) or None, builder_kwargs(d, name))
         data = eval_set(builder, "validation", n, cfg.image_size)
-    bs = int(config.batch_size)
 
-    @jax.jit
     def probs(variables, images):
         v = {**variables, "params": tie_tag_encoder(variables["params"])}
         t = model.apply(v, images, method=Tag2Text.image_tokens)
         return jax.nn.sigmoid(model.apply(v, t, method=Tag2Text.tag_logits))
 
+    # batches sharded over the mesh like training's, probabilities gathered from every process
+    encode = sharded_encoder(probs, mesh, rules, global_batch(int(config.batch_size), mesh))
+
     def evaluate(variables) -> dict:
-        p = np.concatenate([np.asarray(jax.device_get(probs(variables, jnp.asarray(data["images"][i:i + bs]))))
-                            for i in range(0, len(data["images"]), bs)])
-        r = tagging_report(p, data["tags"], cfg.tagging.threshold)
+        r = tagging_report(encode(variables, data["images"]), data["tags"], cfg.tagging.threshold)
         return {f"tag_{k}": r[k] for k in ("mAP", "precision", "recall", "F1")}
 
     return evaluate
