@@ -17,6 +17,11 @@ the file, decode, RGB, random resized crop (scale 0.9-1.0, ratio 3/4-4/3) resize
 
 Rounds alternate the pipelines (A, B, C, A, B, C, ...), each round with fresh iterators (the first
 batch, which includes start-up, is not timed), and the median per pipeline is reported.
+
+    python benchmarks/data_throughput.py --default-config
+
+measures instead the training stream of configs/default.py (clipjax_shapes at the tiny
+model's 32 px), to set beside what its train step consumes (benchmarks/train_step_throughput.py).
 """
 
 from __future__ import annotations
@@ -154,14 +159,35 @@ def time_batches(it, n: int, batch: int) -> float:
     return n * batch / (time.perf_counter() - t)
 
 
+def default_stream(batches: int = 40) -> None:
+    import jax
+
+    from configs import default
+    from clipjax import sharding as shd
+    from clipjax.data.pipeline import make_train_data
+    from clipjax.train.loop import model_config
+
+    c = default.get_config()
+    cfg = model_config(c)
+    data = make_train_data(c, cfg, shd.make_mesh({"data": -1}), shd.DEFAULT_RULES)
+    jax.block_until_ready([next(data) for _ in range(3)])  # start-up, dataset build
+    t = time.perf_counter()
+    jax.block_until_ready([next(data) for _ in range(batches)])
+    rate = batches * c.batch_size / (time.perf_counter() - t)
+    print(f"configs/default.py stream: {cfg.vision.image_size} px, batch {c.batch_size}: {rate:.0f} images/s")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--default-config", action="store_true", help="time configs/default.py's training stream")
     ap.add_argument("--images", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--batches", type=int, default=12)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     args = ap.parse_args()
+    if args.default_config:
+        return default_stream()
 
     folder = tempfile.mkdtemp(prefix="clipjax-bench-")
     index = make_images(folder, args.images)
