@@ -152,7 +152,7 @@ def test_tag2text_trains_on_a_csv_collection_with_its_own_tag_list(tmp_path):
 
 
 def test_ram_trains_with_clip_label_queries_and_teacher(tmp_path):
-    """variant "ram" with config.ram.clip: a (tiny) CLIP run gives the frozen label queries
+    """variant "ram" with config.ram.clip: a (tiny) CLIP checkpoint gives the frozen label queries
     (prompt-ensembled text embeddings of the tag names) and the distillation target (its image
     embeddings of each batch, on the mesh); the trained RAM tags new names without retraining."""
     import jax
@@ -163,10 +163,10 @@ def test_ram_trains_with_clip_label_queries_and_teacher(tmp_path):
     from clipjax.train.clip_teacher import ClipTeacher
     from clipjax.train.loop import train
 
+    from test_clipseg_train import _clip_checkpoint
+
     clip_wd = str(tmp_path / "clip")
-    cc = _config(total_steps=2)
-    cc.eval_every = 0
-    train(cc, clip_wd)
+    _clip_checkpoint(clip_wd)  # a tiny random CLIP: the task only needs its towers
     clip_cfg, clip_vars = read_any(clip_wd)
     clip = LoadedCLIP(clip_cfg, clip_vars)
 
