@@ -214,7 +214,8 @@ def tagging(args, tagger, builder) -> tuple[dict, dict]:
     if data["tags"].shape[1] != len(tagger.tag_names):
         raise EvalError(f"{args.dataset} has {data['tags'].shape[1]} tags, the model {len(tagger.tag_names)}")
     probs = tagger.tag_probs(data["images"], batch_size=args.batch_size)
-    metrics = tagging_report(probs, data["tags"], tagger.thresholds)
+    # per-tag AP / P / R / F1 go to the JSON (the printed table keeps the scalars)
+    metrics = tagging_report(probs, data["tags"], tagger.thresholds, tag_names=tagger.tag_names)
     return metrics, dict(images=len(probs), thresholds=sorted(set(float(t) for t in tagger.thresholds))[:8],
                          unknown_tags=data["unknown_tags"])
 
