@@ -193,3 +193,28 @@ def test_ram_trains_with_clip_label_queries_and_teacher(tmp_path):
     px = clip.preprocess([img] * len(mesh.devices.flat))  # a global batch splits over every device
     np.testing.assert_allclose(np.asarray(jax.device_get(teacher(jax.numpy.asarray(px)))),
                                clip.encode_image(px, preprocessed=True, normalize=False), atol=1e-5)
+
+
+def test_tag2text_with_a_resnet_tower_trains_its_batch_statistics(tmp_path):
+    """vision_kind "resnet" (CLIP's ModifiedResNet): BatchNorm statistics are updated by the
+    training step, saved and used at inference; the recognize-anything layout refuses it."""
+    import pytest
+    from clipjax.convert.recognize_anything import ram_rules
+    from clipjax.train.loop import train
+
+    c = _tiny(2)
+    c.model.vision_kind = "resnet"
+    c.model.vision = dict(kind="resnet", image_size=32, resnet_layers=(1, 1, 1, 1), resnet_width=8, heads=2)
+    c.model.tagging.encoder_width = 32 * 8
+    wd = str(tmp_path / "t2t_rn")
+    final = train(c, wd)
+    assert np.isfinite(final["loss"]) and 0 <= final["tag_mAP"] <= 1
+
+    model = clipjax.load(wd)
+    stats = model.variables["batch_stats"]["visual_encoder"]["bn1"]
+    assert np.abs(np.asarray(stats["mean"])).max() > 0  # moved from its zero init by training
+    img = (np.random.default_rng(0).random((40, 48, 3)) * 255).astype(np.uint8)
+    probs = model.tag_probs(model.preprocess([img]))
+    assert probs.shape == (1, 16) and np.isfinite(probs).all()
+    with pytest.raises(ValueError, match="ModifiedResNet"):
+        ram_rules(model.cfg)

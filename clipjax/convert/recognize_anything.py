@@ -49,6 +49,9 @@ TIED_TORCH = ("crossattention.", "intermediate.", "output.")
 
 def _vision_rules(cfg: Tag2TextConfig):
     j, t = "params/visual_encoder", "visual_encoder."
+    if cfg.vision_kind == "resnet":
+        raise ValueError("the recognize-anything layout has no ModifiedResNet image tower: a Tag2Text / RAM "
+                         "model with vision_kind 'resnet' stays a clipjax checkpoint")
     if cfg.vision_kind == "swin":
         from clipjax.convert.swin import swin_rules
 

@@ -30,7 +30,10 @@ uses in-batch negatives of the global batch.
 Vision towers: "swin" (clipjax.models.swin, the released checkpoints' Swin-B/Swin-L: average-
 pooled token + patch tokens) or "vit" (BLIP's / timm's ViT: pre-LN, final LayerNorm on every
 token; the released Tag2Text code's `vit='base'` option, used here for models trained from
-scratch).
+scratch) or "resnet" (CLIP's ModifiedResNet, clipjax.models.resnet: the attention-pooled
+embedding + the final feature map's tokens; BatchNorm statistics in "batch_stats", updated when
+deterministic=False. Not a released Tag2Text tower: for small models trained from scratch, where
+convolutions learn object shape far sooner than a ViT does — see docs/results.md).
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from clipjax.models.tagging import TaggingConfig, TaggingHead
 from clipjax.tagging_losses import TEMP_INIT, TEMP_RANGE, itc_loss, itm_pairs, sample_hard_negatives
 
 VARIANTS = ("tag2text", "ram")
-VISION_KINDS = ("vit", "swin")
+VISION_KINDS = ("vit", "swin", "resnet")
 PROMPT = "a picture of "  # Tag2Text / RAM caption prompt (BLIP's trick)
 
 
@@ -89,6 +92,9 @@ class Tag2TextConfig:
             raise ValueError(f"vision_kind must be one of {VISION_KINDS}, got {self.vision_kind!r}")
         if self.vision_kind == "swin" and not self.swin:
             raise ValueError("vision_kind 'swin' needs the swin config")
+        if (self.vision_kind == "resnet") != (self.vision.kind == "resnet"):
+            raise ValueError(f"vision_kind {self.vision_kind!r} needs vision.kind "
+                             f"{'resnet' if self.vision_kind == 'resnet' else 'vit'}, got {self.vision.kind!r}")
         if self.text.kind != "bert" or not self.text.cross_attention:
             raise ValueError("the tag encoder / caption decoder need a 'bert' TextConfig with cross_attention")
         want = self.image_proj_dim or self.vision_width
@@ -113,7 +119,11 @@ class Tag2TextConfig:
 
     @property
     def vision_width(self) -> int:
-        return self.swin_config.width if self.vision_kind == "swin" else self.vision.width
+        if self.vision_kind == "swin":
+            return self.swin_config.width
+        if self.vision_kind == "resnet":  # the attention pool maps back to the feature width
+            return 32 * self.vision.resnet_width
+        return self.vision.width
 
     @property
     def image_size(self) -> int:
@@ -164,6 +174,10 @@ class Tag2Text(nn.Module):
             from clipjax.models.swin import SwinTransformer
 
             self.visual_encoder = SwinTransformer(cfg.swin_config, **rt)
+        elif cfg.vision_kind == "resnet":
+            from clipjax.models.resnet import ModifiedResNet
+
+            self.visual_encoder = ModifiedResNet(cfg.vision, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
         else:
             from clipjax.models.vit import VisionTransformer
 
@@ -188,6 +202,9 @@ class Tag2Text(nn.Module):
         """NHWC images (normalised) -> (B, 1+L, image_width): the pooled/[CLS] token first."""
         if self.cfg.vision_kind == "swin":
             x = self.visual_encoder(images)["tokens"]
+        elif self.cfg.vision_kind == "resnet":  # BatchNorm: batch statistics while training
+            out = self.visual_encoder(images, train=not deterministic)
+            x = jnp.concatenate([out["pooled"][:, None].astype(out["tokens"].dtype), out["tokens"]], axis=1)
         else:
             x = self.visual_encoder(images, deterministic=deterministic)["tokens"]
         if self.cfg.image_proj_dim:

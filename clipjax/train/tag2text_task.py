@@ -135,8 +135,10 @@ def tag2text_task(config, mesh, rules, workdir=None) -> Task:
         text_ids = rest.pop(0) if align else None
         clip_feats = rest.pop(0) if ram else None
         drop_rng, align_rng = jax.random.split(rng)
+        mutable = ["batch_stats"] if "batch_stats" in other else False  # the "resnet" tower's BatchNorm
         out = model.apply({"params": tie_tag_encoder(params), **other}, images, tag_ids, cap_ids, text_ids,
-                          align_key=align_rng, deterministic=False, rngs={"dropout": drop_rng})
+                          align_key=align_rng, deterministic=False, rngs={"dropout": drop_rng}, mutable=mutable)
+        out, updates = out if mutable else (out, {})
         loss_tag = asymmetric_loss(out["tag_logits"], tag_targets)
         loss_t2t, _ = caption_lm_loss(out["caption_logits"], caption_targets(cap_ids, pad, prompt_len), smoothing)
         loss = tag2text_loss(loss_t2t, loss_tag)  # RAM: + loss_dis (ram_loss)
@@ -144,7 +146,7 @@ def tag2text_task(config, mesh, rules, workdir=None) -> Task:
             loss = loss + clip_distillation_loss(out["image_cls"], clip_feats)
         if align:
             loss = loss + out["itc_loss"] + itm_loss(out["itm_logits"], out["itm_labels"])
-        return loss, {}
+        return loss, updates
 
     return Task(
         "tag2text", model, cfg, init_inputs(cfg), jax.value_and_grad(loss_fn, has_aux=True),
