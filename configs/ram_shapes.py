@@ -13,10 +13,14 @@ import ml_collections
 from configs import tag2text_shapes
 
 
-def get_config():
-    c = tag2text_shapes.get_config()
+def as_ram(c):
+    """A Tag2Text config turned into RAM's: CLIP-text label queries, shared classifier, the CLIP."""
     c.model.variant = "ram"
     # image_proj, the label width and the head's input width follow the CLIP's embed_dim
     c.model.tagging.update(label_source="clip", classifier="shared")
     c.ram = ml_collections.ConfigDict(dict(clip="runs/clip_shapes"))
     return c
+
+
+def get_config():
+    return as_ram(tag2text_shapes.get_config())

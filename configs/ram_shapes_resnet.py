@@ -6,15 +6,8 @@ on the towers of configs/tag2text_shapes_resnet.py. Train the CLIP first:
     python evaluate.py --checkpoint runs/ram_shapes_resnet --task tagging --dataset clipjax_shapes
 """
 
-import ml_collections
-
-from configs import tag2text_shapes_resnet
+from configs import ram_shapes, tag2text_shapes_resnet
 
 
 def get_config():
-    c = tag2text_shapes_resnet.get_config()
-    c.model.variant = "ram"
-    # image_proj, the label width and the head's input width follow the CLIP's embed_dim
-    c.model.tagging.update(label_source="clip", classifier="shared")
-    c.ram = ml_collections.ConfigDict(dict(clip="runs/clip_shapes"))
-    return c
+    return ram_shapes.as_ram(tag2text_shapes_resnet.get_config())
