@@ -42,15 +42,15 @@ def main(argv=None) -> int:
     if args.ram or args.to == "ram":
         return convert_ram(args)
 
-    from clipjax.api import detect_format, read_any
+    from clipjax.convert.formats import detect_format, read_any
     from clipjax.convert import hf_clipseg
-    from clipjax.convert.common import CheckpointError
+    from clipjax.variables import CheckpointError
     from clipjax.models.clipseg import CLIPSegConfig
 
     try:
         if args.clip:
             src_fmt = "clipseg original decoder"
-            cfg, variables = hf_clipseg.load_original(args.src, args.clip, tuple(args.extract_layers),
+            cfg, variables = hf_clipseg.load_original(args.src, read_any(args.clip), tuple(args.extract_layers),
                                                       args.decoder_heads, image_size=args.image_size)
         elif hf_clipseg.is_hf_clipseg_dir(args.src):
             src_fmt = "hf clipseg"
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
         if args.to == "openai" and seg:
             raise CheckpointError("--to openai writes CLIP models; for a CLIPSeg use --to original or hf")
         if args.to == "clipjax":
-            from clipjax.checkpoint import save_clipjax
+            from clipjax.convert.formats import save_clipjax
 
             save_clipjax(args.dst, variables, cfg)
         elif args.to == "hf" and seg:
@@ -103,9 +103,9 @@ def convert_ram(args) -> int:
     import os
     import shutil
 
-    from clipjax.api import read_any
+    from clipjax.convert.formats import read_any
     from clipjax.convert import recognize_anything as ra
-    from clipjax.convert.common import CheckpointError
+    from clipjax.variables import CheckpointError
     from clipjax.models.tag2text import Tag2TextConfig
 
     try:
@@ -117,7 +117,7 @@ def convert_ram(args) -> int:
         elif args.to == "clipjax":
             cfg = _ram_config(args.ram)
             variables = ra.load_ram_checkpoint(args.src, cfg)
-            from clipjax.checkpoint import save_clipjax
+            from clipjax.convert.formats import save_clipjax
             from clipjax.models.tagging import load_ram_tags, load_tag2text_tags
 
             save_clipjax(args.dst, variables, cfg)

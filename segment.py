@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     from PIL import Image
 
     import clipjax
-    from clipjax.convert.common import CheckpointError
+    from clipjax.variables import CheckpointError
     from clipjax.evaluation.segmentation import overlay_png
 
     try:

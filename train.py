@@ -32,7 +32,8 @@ def _setup_logging():
 def main(argv):
     del argv
     _setup_logging()
-    from clipjax.train.loop import NonFiniteLossError, train, validate_config
+    from clipjax.tasks import train, validate_config
+    from clipjax.train.loop import NonFiniteLossError
 
     try:
         validate_config(_CONFIG.value)  # a clear message, not a traceback, for a bad config

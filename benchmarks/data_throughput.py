@@ -165,7 +165,7 @@ def default_stream(batches: int = 40) -> None:
     from configs import default
     from clipjax import sharding as shd
     from clipjax.data.pipeline import make_train_data
-    from clipjax.train.loop import model_config
+    from clipjax.tasks.clip import model_config
 
     c = default.get_config()
     cfg = model_config(c)

@@ -34,7 +34,7 @@ def worker(devices: int, per_device: int, dim: int, variants) -> dict:
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from clipjax import losses
+    from clipjax.losses import contrastive as losses
     from clipjax.sharding import make_mesh
 
     assert jax.device_count() == devices, jax.device_count()

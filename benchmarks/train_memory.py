@@ -29,7 +29,8 @@ def worker(model: str, devices: int, per_device: int, impl: str, remat: str) -> 
     from clipjax import sharding as shd
     from clipjax.models.clip import CLIP
     from clipjax.models.presets import get_preset
-    from clipjax.train.loop import TrainState, make_train_step
+    from clipjax.tasks.clip import make_train_step
+    from clipjax.train.state import TrainState
     from clipjax.train.optimizer import make_optimizer
 
     c = get_config()  # optimizer settings of the default recipe

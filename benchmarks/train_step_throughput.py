@@ -69,10 +69,11 @@ def open_clip_model(cfg):
 def bench(name: str, batch: int, rounds: int):
     from clipjax import sharding as shd
     from clipjax.models.clip import CLIP
-    from clipjax.train import loop
+    from clipjax.tasks import clip as clip_task
+    from clipjax.train import state as train_state
 
     config = _config(name, batch)
-    cfg = loop.model_config(config)
+    cfg = clip_task.model_config(config)
     s, ctx = cfg.vision.image_size, cfg.text.context_length
     rng = np.random.default_rng(0)
     images = rng.standard_normal((batch, s, s, 3)).astype(np.float32)
@@ -83,8 +84,8 @@ def bench(name: str, batch: int, rounds: int):
     model = CLIP(cfg)
     mesh = shd.make_mesh(dict(config.mesh))
     rules = shd.rules_from_config(None)
-    state, tx, _ = loop.create_state(model, cfg, config, mesh, rules)
-    step_fn = jax.jit(loop.make_train_step(model, tx, "softmax"), donate_argnums=(0,))
+    state, tx, _ = train_state.create_state(model, config, mesh, rules, clip_task.init_inputs(cfg))
+    step_fn = jax.jit(clip_task.make_train_step(model, tx, "softmax"), donate_argnums=(0,))
     x_j, ids_j = jnp.asarray(images), jnp.asarray(ids)
     holder = {"state": state}
 

@@ -7,8 +7,9 @@
     ids = clipjax.tokenize(["a photo of a cat"])         # (N, 77) CLIP BPE ids
 """
 
-from clipjax.api import LoadedCLIP, create_model, init_variables, load
-from clipjax.convert.common import CheckpointError
+from clipjax.inference.clip import LoadedCLIP, create_model, init_variables
+from clipjax.inference.load import load
+from clipjax.variables import CheckpointError
 from clipjax.models.config import CLIPConfig, TextConfig, VisionConfig
 from clipjax.models.presets import PRESETS, get_preset
 

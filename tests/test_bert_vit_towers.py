@@ -10,7 +10,8 @@ import flax.linen as nn
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from clipjax.convert.common import CheckpointError, Rule, flatten_variables, to_numpy, torch_to_variables, variables_to_torch  # noqa: E402
+from clipjax.variables import CheckpointError, flatten_variables  # noqa: E402
+from clipjax.convert.common import Rule, to_numpy, torch_to_variables, variables_to_torch
 from clipjax.convert.hf_bert import (  # noqa: E402
     bert_config_from_hf,
     bert_config_to_hf,

@@ -10,10 +10,12 @@ import jax.numpy as jnp
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from clipjax.convert.common import CheckpointError, read_state_dict, to_numpy  # noqa: E402
+from clipjax.variables import CheckpointError  # noqa: E402
+from clipjax.convert.common import read_state_dict, to_numpy
 from clipjax.convert.hf_bert import bert_config_from_hf, bert_lm_from_state_dict, bert_lm_to_state_dict  # noqa: E402
-from clipjax.generation import GenerationConfig, expand_for_beams, generate  # noqa: E402
-from clipjax.models.captioning import IGNORE, CaptionDecoder, caption_lm_loss, caption_targets  # noqa: E402
+from clipjax.inference.generation import GenerationConfig, expand_for_beams, generate  # noqa: E402
+from clipjax.losses.captioning import IGNORE, caption_lm_loss, caption_targets  # noqa: E402
+from clipjax.models.captioning import CaptionDecoder
 
 VOCAB, WIDTH, EOS, PAD, BOS = 40, 32, 3, 0, 2
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from clipjax.convert import hf_clipseg
-from clipjax.convert.common import CheckpointError, flatten_variables
+from clipjax.convert.formats import read_any
+from clipjax.variables import CheckpointError, flatten_variables
 from clipjax.models.clipseg import CLIPSeg, CLIPSegConfig
 from clipjax.models.config import CLIPConfig, TextConfig, VisionConfig
 from hf_reference import random_ids, randomize_
@@ -129,7 +130,7 @@ def test_original_layout_round_trip(tmp_path, complex_head):
     sd = torch.load(str(tmp_path / "rd.pth"))
     assert "film_mul.weight" in sd and "blocks.0.self_attn.in_proj_weight" in sd
     assert ("trans_conv.0.weight" in sd) == complex_head
-    cfg2, back = hf_clipseg.load_original(str(tmp_path / "rd.pth"), str(tmp_path / "clip"), extract_layers=(1, 2, 3),
+    cfg2, back = hf_clipseg.load_original(str(tmp_path / "rd.pth"), read_any(str(tmp_path / "clip")), extract_layers=(1, 2, 3),
                                           decoder_heads=2, image_size=64)
     assert dataclasses.replace(cfg2, clip=cfg.clip) == cfg
     a, b = flatten_variables(variables), flatten_variables(back)
@@ -171,7 +172,7 @@ def test_gradients_reach_only_the_decoder():
 
 def test_convert_cli_clipseg(tmp_path):
     import convert
-    from clipjax.checkpoint import load_clipjax
+    from clipjax.convert.formats import load_clipjax
 
     cfg = _cfg(patch=16, seg_size=64, reduce_dim=16)
     variables, _ = _ours(_reference(cfg), cfg)

@@ -15,7 +15,7 @@ from test_train_smoke import TINY_SHAPES, _config
 def _clip_checkpoint(path):
     import flax.linen as nn
 
-    from clipjax.checkpoint import save_clipjax
+    from clipjax.convert.formats import save_clipjax
     from clipjax.models.clip import CLIP
     from clipjax.models.presets import get_preset
 
@@ -31,8 +31,8 @@ def test_clipseg_trains_evaluates_and_predicts(tmp_path):
 
     import evaluate
     import segment
-    from clipjax.checkpoint import load_clipjax
-    from clipjax.train.loop import train
+    from clipjax.convert.formats import load_clipjax
+    from clipjax.tasks import train
 
     clip_path = str(tmp_path / "clip")
     clip_vars = _clip_checkpoint(clip_path)

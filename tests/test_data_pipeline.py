@@ -53,7 +53,7 @@ def _shapes_config(data_dir, batch_size=16):
 def _data(c, position=0):
     from clipjax import sharding as shd
     from clipjax.data.pipeline import make_train_data
-    from clipjax.train.loop import model_config
+    from clipjax.tasks.clip import model_config
 
     cfg = model_config(c)
     mesh = shd.make_mesh(dict(c.mesh))
@@ -119,7 +119,7 @@ def test_augment_is_stateless_and_eval_matches_preprocess():
 
 
 def test_train_runs_on_clipjax_shapes(shapes_dir, tmp_path):
-    from clipjax.train.loop import train
+    from clipjax.tasks import train
 
     c = _shapes_config(shapes_dir)
     final = train(c, str(tmp_path / "run"))

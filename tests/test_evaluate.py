@@ -21,7 +21,7 @@ SHAPES = json.dumps(dict(image_size=32, num_train=48, num_validation=24, num_tes
 def ckpt(tmp_path_factory):
     import flax.linen as nn
 
-    from clipjax.checkpoint import save_clipjax
+    from clipjax.convert.formats import save_clipjax
     from clipjax.models.clip import CLIP
     from clipjax.models.presets import get_preset
 

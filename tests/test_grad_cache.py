@@ -11,12 +11,7 @@ import pytest
 
 from clipjax.models.clip import CLIP
 from clipjax.models.presets import get_preset
-from clipjax.train.grad_cache import (
-    clip_embed_fns,
-    clip_grad_cache,
-    clip_loss_fn,
-    grad_cache_value_and_grad,
-)
+from clipjax.tasks.grad_cache import clip_embed_fns, clip_grad_cache, clip_loss_fn, grad_cache_value_and_grad
 
 N, MICRO = 16, 4
 

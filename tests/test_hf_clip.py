@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from clipjax.convert.common import CheckpointError, read_state_dict, write_state_dict
+from clipjax.variables import CheckpointError
+from clipjax.convert.common import read_state_dict, write_state_dict
 from clipjax.convert.hf_clip import load_hf_clip, save_hf_clip
 from clipjax.models.clip import CLIP
 from clipjax.models.presets import get_preset

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from clipjax.convert.common import CheckpointError, read_state_dict
+from clipjax.variables import CheckpointError
+from clipjax.convert.common import read_state_dict
 from clipjax.convert.openai_clip import (
     config_from_state_dict,
     load_openai,

@@ -89,7 +89,7 @@ def test_clipseg_trains_and_evaluates_on_a_tfds_segmentation_dataset(pets, tmp_p
     import evaluate
     from test_clipseg_train import _clip_checkpoint
     from test_train_smoke import _config
-    from clipjax.train.loop import train
+    from clipjax.tasks import train
 
     _, data_dir = pets
     clip_path = str(tmp_path / "clip")

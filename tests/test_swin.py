@@ -12,7 +12,8 @@ import jax.numpy as jnp
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from clipjax.convert.common import CheckpointError, flatten_variables, to_numpy, unflatten_variables  # noqa: E402
+from clipjax.variables import CheckpointError, flatten_variables, unflatten_variables  # noqa: E402
+from clipjax.convert.common import to_numpy
 from clipjax.convert.swin import (  # noqa: E402
     detect_layout,
     swin_config_from_hf,

@@ -36,7 +36,7 @@ def _tiny(total_steps):
 def test_tag2text_trains_evaluates_and_predicts(tmp_path):
     import evaluate
     import tag
-    from clipjax.train.loop import train
+    from clipjax.tasks import train
 
     wd = str(tmp_path / "t2t")
     final = train(_tiny(3), wd)
@@ -78,7 +78,7 @@ def test_tag2text_trains_evaluates_and_predicts(tmp_path):
 def test_tag2text_with_itc_itm_trains_and_matches(tmp_path):
     """model.alignment_dim adds BLIP's ITC + ITM (hard negatives from the global batch) to the
     loss; the loaded model scores image-text pairs both ways."""
-    from clipjax.train.loop import train
+    from clipjax.tasks import train
 
     wd = str(tmp_path / "t2t_align")
     c = _tiny(3)
@@ -112,7 +112,7 @@ def test_tag2text_trains_on_a_csv_collection_with_its_own_tag_list(tmp_path):
     import evaluate
     from clipjax.data.shapes_dataset import TAGS, draw_example
     from clipjax.data.tagging import shapes_vocabulary
-    from clipjax.train.loop import train
+    from clipjax.tasks import train
 
     folder = tmp_path / "coll"
     folder.mkdir()
@@ -158,10 +158,11 @@ def test_ram_trains_with_clip_label_queries_and_teacher(tmp_path):
     import jax
 
     from clipjax import sharding as shd
-    from clipjax.api import LoadedCLIP, read_any
+    from clipjax.inference.clip import LoadedCLIP
+    from clipjax.convert.formats import read_any
     from clipjax.models.tagging import build_label_embeddings
-    from clipjax.train.clip_teacher import ClipTeacher
-    from clipjax.train.loop import train
+    from clipjax.tasks.ram_teacher import ClipTeacher
+    from clipjax.tasks import train
 
     from test_clipseg_train import _clip_checkpoint
 
@@ -200,7 +201,7 @@ def test_tag2text_with_a_resnet_tower_trains_its_batch_statistics(tmp_path):
     training step, saved and used at inference; the recognize-anything layout refuses it."""
     import pytest
     from clipjax.convert.recognize_anything import ram_rules
-    from clipjax.train.loop import train
+    from clipjax.tasks import train
 
     c = _tiny(2)
     c.model.vision_kind = "resnet"

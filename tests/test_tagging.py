@@ -17,8 +17,10 @@ transformers = pytest.importorskip("transformers")
 
 from transformers.models.bert.modeling_bert import BertAttention, BertIntermediate, BertOutput  # noqa: E402
 
-from clipjax import tagging_losses as tl  # noqa: E402
-from clipjax.convert.common import CheckpointError, flatten_variables, to_numpy, unflatten_variables  # noqa: E402
+from clipjax.losses import tagging as tl  # noqa: E402
+from clipjax.models import alignment as al  # noqa: E402
+from clipjax.variables import CheckpointError, flatten_variables, unflatten_variables  # noqa: E402
+from clipjax.convert.common import to_numpy
 from clipjax.convert.ram_tagging import (  # noqa: E402
     infer_tagging_config,
     tagging_expected_shapes,
@@ -376,7 +378,7 @@ def test_itc_matches_blip_formula():
         got, _ = tl.itc_loss(img, txt, 0.07, ids if use_ids else None, sim_m, sim_m.T, alpha)
         print(f"ITC ids={use_ids} alpha={alpha}: {float(got):.6f} vs {want.item():.6f}")
         assert abs(float(got) - want.item()) < 1e-5
-    assert float(tl.clamp_temperature(jnp.float32(0.9))) == 0.5
+    assert float(al.clamp_temperature(jnp.float32(0.9))) == 0.5
 
 
 def test_itm_hard_negatives():
@@ -384,11 +386,11 @@ def test_itm_hard_negatives():
     sim = rng.normal(size=(6, 6)).astype(np.float32) * 3
     n = 40000
     keys = jax.random.split(jax.random.PRNGKey(0), n)
-    neg_t, neg_i = jax.jit(jax.vmap(lambda k: tl.sample_hard_negatives(k, sim, sim.T)))(keys)
+    neg_t, neg_i = jax.jit(jax.vmap(lambda k: al.sample_hard_negatives(k, sim, sim.T)))(keys)
     neg_t, neg_i = np.asarray(neg_t), np.asarray(neg_i)
     assert not np.any(neg_t == np.arange(6)) and not np.any(neg_i == np.arange(6))  # never the positive
     for draws, s in ((neg_t, sim), (neg_i, sim.T)):
-        w = np.asarray(tl.hard_negative_weights(s))
+        w = np.asarray(al.hard_negative_weights(s))
         want = w / w.sum(axis=1, keepdims=True)
         freq = np.stack([np.bincount(draws[:, r], minlength=6) for r in range(6)]) / n
         d = float(np.max(np.abs(freq - want)))
@@ -396,14 +398,14 @@ def test_itm_hard_negatives():
         assert d < 0.015
     # with image ids, every caption of the same image is a positive and never drawn
     ids = np.array([0, 0, 1, 1, 2, 2])
-    neg_t, _ = jax.vmap(lambda k: tl.sample_hard_negatives(k, sim, sim.T, ids))(keys[:2000])
+    neg_t, _ = jax.vmap(lambda k: al.sample_hard_negatives(k, sim, sim.T, ids))(keys[:2000])
     assert not np.any(ids[np.asarray(neg_t)] == ids[None, :])
     # BLIP pretrain smoothing: +1e-4 before zeroing the positives; retrieval: none
-    w0 = np.asarray(tl.hard_negative_weights(sim, smoothing=0.0))
-    w1 = np.asarray(tl.hard_negative_weights(sim))
+    w0 = np.asarray(al.hard_negative_weights(sim, smoothing=0.0))
+    w1 = np.asarray(al.hard_negative_weights(sim))
     assert np.all(np.diag(w1) == 0) and np.allclose((w1 - w0)[~np.eye(6, dtype=bool)], 1e-4, rtol=0, atol=1e-7)
 
-    image_index, text_index, labels = tl.itm_pairs(jnp.array([1, 0, 0]), jnp.array([2, 2, 1]))
+    image_index, text_index, labels = al.itm_pairs(jnp.array([1, 0, 0]), jnp.array([2, 2, 1]))
     assert image_index.tolist() == [0, 1, 2, 2, 2, 1, 0, 1, 2]
     assert text_index.tolist() == [0, 1, 2, 0, 1, 2, 1, 0, 0]
     assert labels.tolist() == [1, 1, 1, 0, 0, 0, 0, 0, 0]

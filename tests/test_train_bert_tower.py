@@ -34,7 +34,7 @@ def _bert_config(tmp_path):
 
 def test_wordpiece_tokenizer_frames_and_pads(tmp_path):
     c = _bert_config(tmp_path)
-    from clipjax.train.loop import model_config
+    from clipjax.tasks.clip import model_config
 
     cfg = model_config(c).text
     tok = make_text_tokenizer(cfg, c.data.tokenizer)
@@ -50,7 +50,7 @@ def test_wordpiece_tokenizer_frames_and_pads(tmp_path):
 
 
 def test_bert_text_tower_trains_on_shapes(tmp_path):
-    from clipjax.train.loop import train
+    from clipjax.tasks import train
 
     final = train(_bert_config(tmp_path), str(tmp_path / "run"))
     assert np.isfinite(final["loss"]) and 0.0 <= final["zeroshot_top1"] <= 1.0

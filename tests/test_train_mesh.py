@@ -10,7 +10,8 @@ import flax.linen as nn
 from clipjax import sharding as shd
 from clipjax.data.pipeline import make_train_data
 from clipjax.train import checkpoints as ckpt
-from clipjax.train import loop
+from clipjax.tasks import clip as clip_task
+from clipjax.train import state as train_state
 from test_train_smoke import TINY_SHAPES
 
 
@@ -32,13 +33,13 @@ def _config():
 
 
 def _setup(config, sizes, devices=None):
-    cfg = loop.model_config(config)
-    model = loop.CLIP(cfg)
+    cfg = clip_task.model_config(config)
+    model = clip_task.CLIP(cfg)
     mesh = shd.make_mesh(sizes, devices)
     rules = shd.DEFAULT_RULES
-    state, tx, _ = loop.create_state(model, cfg, config, mesh, rules)
+    state, tx, _ = train_state.create_state(model, config, mesh, rules, clip_task.init_inputs(cfg))
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        step = jax.jit(loop.make_train_step(model, tx, config.loss, config.ema_decay))
+        step = jax.jit(clip_task.make_train_step(model, tx, config.loss, config.ema_decay))
     return cfg, mesh, rules, state, step
 
 
@@ -80,7 +81,7 @@ def test_3d_mesh_step_equals_one_device():
 
 def test_checkpoint_restores_onto_another_mesh(tmp_path):
     config = _config()
-    cfg = loop.model_config(config)
+    cfg = clip_task.model_config(config)
     _, state, _ = _run_steps(config, dict(data=8, fsdp=1, tensor=1), 1)
     mngr = ckpt.checkpoint_manager(str(tmp_path), config)
     ckpt.save(mngr, state, cfg, config, data_position=16)

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from clipjax.checkpoint import load_clipjax
+from clipjax.convert.formats import load_clipjax
 from test_train_smoke import TINY_SHAPES_ARGS
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))

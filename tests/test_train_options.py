@@ -7,8 +7,8 @@ import jax
 import numpy as np
 
 import clipjax
-from clipjax.checkpoint import load_clipjax
-from clipjax.train.loop import train
+from clipjax.convert.formats import load_clipjax
+from clipjax.tasks import train
 from test_train_smoke import _config
 
 

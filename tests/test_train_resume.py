@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from clipjax.checkpoint import load_clipjax
+from clipjax.convert.formats import load_clipjax
 from clipjax.train.checkpoints import is_committed
 from test_train_smoke import TINY_SHAPES, TINY_SHAPES_ARGS
 

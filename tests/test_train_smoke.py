@@ -33,7 +33,7 @@ def _config(total_steps=6):
 
 
 def test_train_runs_checkpoints_and_loads(tmp_path):
-    from clipjax.train.loop import train
+    from clipjax.tasks import train
 
     wd = str(tmp_path / "run")
     final = train(_config(), wd)
@@ -48,7 +48,7 @@ def test_evaluate_cli_on_a_run(tmp_path):
     import subprocess
     import sys
 
-    from clipjax.train.loop import train
+    from clipjax.tasks import train
 
     wd = str(tmp_path / "run")
     c = _config(4)

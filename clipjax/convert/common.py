@@ -21,9 +21,7 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model or layout it was read as."""
+from clipjax.variables import CheckpointError, flatten_variables, unflatten_variables  # noqa: F401  (re-used by converters)
 
 
 # ----------------------------------------------------------------------------- file IO
@@ -224,28 +222,6 @@ def _split_chunk(key: str):
 
 def _layer_keys(rule: Rule, num_layers: int) -> list[str]:
     return [rule.torch.format(i=i) for i in range(num_layers)] if rule.stacked else [rule.torch]
-
-
-def flatten_variables(tree, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for k, v in tree.items():
-        path = f"{prefix}/{k}" if prefix else str(k)
-        if isinstance(v, dict) or hasattr(v, "items"):
-            out.update(flatten_variables(v, path))
-        else:
-            out[path] = v
-    return out
-
-
-def unflatten_variables(flat: dict[str, object]) -> dict:
-    tree: dict = {}
-    for path, v in flat.items():
-        node = tree
-        parts = path.split("/")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = v
-    return tree
 
 
 def torch_to_variables(

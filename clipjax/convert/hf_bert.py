@@ -26,21 +26,8 @@ from typing import Optional
 
 import numpy as np
 
-from clipjax.convert.common import (
-    CheckpointError,
-    Constant,
-    Rule,
-    block_rules,
-    expected_shapes,
-    flatten_variables,
-    linear_rules,
-    norm_rules,
-    read_state_dict,
-    torch_to_variables,
-    unflatten_variables,
-    variables_to_torch,
-    write_state_dict,
-)
+from clipjax.variables import CheckpointError, flatten_variables, unflatten_variables
+from clipjax.convert.common import Constant, Rule, block_rules, expected_shapes, linear_rules, norm_rules, read_state_dict, torch_to_variables, variables_to_torch, write_state_dict
 from clipjax.models.config import TextConfig
 
 BERT_BLOCK = dict(

@@ -13,18 +13,8 @@ import os
 
 import numpy as np
 
-from clipjax.convert.common import (
-    CheckpointError,
-    Rule,
-    block_rules,
-    hf_model_type,
-    linear_rules,
-    norm_rules,
-    read_state_dict,
-    torch_to_variables,
-    variables_to_torch,
-    write_state_dict,
-)
+from clipjax.variables import CheckpointError
+from clipjax.convert.common import Rule, block_rules, hf_model_type, linear_rules, norm_rules, read_state_dict, torch_to_variables, variables_to_torch, write_state_dict
 from clipjax.models.config import CLIPConfig, TextConfig, VisionConfig
 
 HF_BLOCK = dict(query="self_attn.q_proj", key="self_attn.k_proj", value="self_attn.v_proj",

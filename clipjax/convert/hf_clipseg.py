@@ -22,17 +22,8 @@ from typing import Optional
 import numpy as np
 
 from clipjax.convert import hf_clip
-from clipjax.convert.common import (
-    CheckpointError,
-    Rule,
-    block_rules,
-    hf_model_type,
-    linear_rules,
-    read_state_dict,
-    torch_to_variables,
-    variables_to_torch,
-    write_state_dict,
-)
+from clipjax.variables import CheckpointError
+from clipjax.convert.common import Rule, block_rules, hf_model_type, linear_rules, read_state_dict, torch_to_variables, variables_to_torch, write_state_dict
 from clipjax.models.clipseg import CLIPSegConfig
 
 HF_DECODER_BLOCK = hf_clip.HF_BLOCK
@@ -145,12 +136,11 @@ def infer_original_config(sd: dict, clip_cfg, extract_layers=(3, 6, 9), image_si
                          decoder_heads=4, decoder_mlp_dim=int(mlp), complex_head=complex_head, image_size=image_size)
 
 
-def load_original(decoder_path: str, clip_path: str, extract_layers=(3, 6, 9), decoder_heads: int = 4,
+def load_original(decoder_path: str, clip, extract_layers=(3, 6, 9), decoder_heads: int = 4,
                   image_size: int = 352) -> tuple[CLIPSegConfig, dict]:
-    """An original decoder file + a CLIP checkpoint (clipjax / transformers / OpenAI layout)."""
-    from clipjax.api import read_any
-
-    clip_cfg, clip_vars = read_any(clip_path)
+    """An original decoder file + its CLIP, (CLIPConfig, variables) as
+    clipjax.convert.formats.read_any returns them for any CLIP checkpoint."""
+    clip_cfg, clip_vars = clip
     sd = {k: v for k, v in read_state_dict(decoder_path).items() if not k.startswith("reduce.")}
     cfg = dataclasses.replace(infer_original_config(sd, clip_cfg, extract_layers, image_size), decoder_heads=decoder_heads)
     cfg.validate()

@@ -40,20 +40,8 @@ from typing import Optional, Union
 
 import numpy as np
 
-from clipjax.convert.common import (
-    CheckpointError,
-    Constant,
-    Rule,
-    block_rules,
-    expected_shapes,
-    linear_rules,
-    norm_rules,
-    read_state_dict,
-    to_numpy,
-    write_state_dict,
-    torch_to_variables,
-    variables_to_torch,
-)
+from clipjax.variables import CheckpointError
+from clipjax.convert.common import Constant, Rule, block_rules, expected_shapes, linear_rules, norm_rules, read_state_dict, to_numpy, write_state_dict, torch_to_variables, variables_to_torch
 from clipjax.models.config import CLIPConfig, TextConfig, VisionConfig
 
 OPENAI_BLOCK = dict(

@@ -30,17 +30,8 @@ from typing import Optional
 
 import numpy as np
 
-from clipjax.convert.common import (
-    CheckpointError,
-    Rule,
-    block_rules,
-    expected_shapes,
-    flatten_variables,
-    linear_rules,
-    torch_to_variables,
-    unflatten_variables,
-    variables_to_torch,
-)
+from clipjax.variables import CheckpointError, flatten_variables, unflatten_variables
+from clipjax.convert.common import Rule, block_rules, expected_shapes, linear_rules, torch_to_variables, variables_to_torch
 from clipjax.models.tagging import CONSTANTS, TaggingConfig
 
 TAGGING_LAYER = dict(

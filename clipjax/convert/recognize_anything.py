@@ -21,18 +21,8 @@ from __future__ import annotations
 import dataclasses
 import numpy as np
 
-from clipjax.convert.common import (
-    CheckpointError,
-    Rule,
-    block_rules,
-    expected_shapes,
-    flatten_variables,
-    linear_rules,
-    norm_rules,
-    torch_to_variables,
-    unflatten_variables,
-    variables_to_torch,
-)
+from clipjax.variables import CheckpointError, flatten_variables, unflatten_variables
+from clipjax.convert.common import Rule, block_rules, expected_shapes, linear_rules, norm_rules, torch_to_variables, variables_to_torch
 from clipjax.convert.hf_bert import _BUFFERS as BERT_BUFFERS
 from clipjax.convert.hf_bert import LM_TIED, bert_lm_rules, bert_rules, drop_lm_copies
 from clipjax.convert.ram_tagging import tagging_rules

@@ -30,18 +30,8 @@ from typing import Optional
 
 import numpy as np
 
-from clipjax.convert.common import (
-    CheckpointError,
-    Constant,
-    Rule,
-    expected_shapes,
-    flatten_variables,
-    linear_rules,
-    norm_rules,
-    torch_to_variables,
-    unflatten_variables,
-    variables_to_torch,
-)
+from clipjax.variables import CheckpointError, flatten_variables, unflatten_variables
+from clipjax.convert.common import Constant, Rule, expected_shapes, linear_rules, norm_rules, torch_to_variables, variables_to_torch
 from clipjax.models.swin import SwinConfig, relative_position_index, shift_attention_mask
 
 LAYOUTS = ("hf", "hf_native", "original")

@@ -88,3 +88,9 @@ class CLIP(nn.Module):
             logits_per_image = logits_per_image + self.logit_bias.astype(jnp.float32)
         return dict(image_embeds=img, text_embeds=txt, logits_per_image=logits_per_image,
                     logits_per_text=logits_per_image.T, logit_scale=scale)
+
+
+def init_inputs(cfg: CLIPConfig) -> tuple:
+    """Example (images, ids) that create every parameter of CLIP(cfg)."""
+    s = cfg.vision.image_size
+    return jnp.zeros((1, s, s, 3), jnp.float32), jnp.zeros((1, cfg.text.context_length), jnp.int32)

@@ -22,19 +22,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Tuple
+from typing import ClassVar, Tuple
 
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
 from clipjax.models.clip import CLIP
-from clipjax.models.config import CLIPConfig
+from clipjax.models.config import CLIPConfig, DictConfig
 from clipjax.models.layers import Block, dense, dtype_of, logical
 
 
 @dataclasses.dataclass(frozen=True)
-class CLIPSegConfig:
+class CLIPSegConfig(DictConfig):
+    NESTED: ClassVar[dict] = {"clip": CLIPConfig}
+    MODEL_TYPE: ClassVar[str] = "clipseg"
+
     clip: CLIPConfig = CLIPConfig()
     extract_layers: Tuple[int, ...] = (3, 6, 9)
     reduce_dim: int = 64
@@ -43,19 +46,6 @@ class CLIPSegConfig:
     conditional_layer: int = 0
     complex_head: bool = False  # the "refined" transposed-conv head
     image_size: int = 352  # input resolution of the segmenter (CLIP's positions are interpolated)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["model_type"] = "clipseg"
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "CLIPSegConfig":
-        d = {k: v for k, v in dict(d).items() if k != "model_type"}
-        d["clip"] = CLIPConfig.from_dict(d["clip"]) if isinstance(d.get("clip"), dict) else d.get("clip", CLIPConfig())
-        if "extract_layers" in d:
-            d["extract_layers"] = tuple(int(i) for i in d["extract_layers"])
-        return cls(**d)
 
     def validate(self) -> None:
         depth = self.clip.vision.layers
@@ -68,9 +58,6 @@ class CLIPSegConfig:
         if self.complex_head and self.clip.vision.patch_size % 4:
             raise ValueError("the refined head needs a patch size divisible by 4")
 
-
-def is_clipseg_config(d: dict) -> bool:
-    return isinstance(d, dict) and (d.get("model_type") == "clipseg" or "extract_layers" in d)
 
 
 class CLIPSegDecoder(nn.Module):

@@ -1,7 +1,7 @@
-"""Model shapes as frozen dataclasses.
+"""Model shapes as frozen dataclasses, and the to_dict / from_dict every model config shares.
 
-A checkpoint stores `CLIPConfig.to_dict()` beside its params, so `clipjax.load(path)` needs
-nothing else. Runtime-only knobs (dtype, remat, attention implementation) live here too so
+A checkpoint stores `cfg.to_dict()` beside its params (with "model_type" naming the family, so
+clipjax.models.registry decodes it by name), so `clipjax.load(path)` needs nothing else. Runtime-only knobs (dtype, remat, attention implementation) live here too so
 one object describes how to build the module; `dataclasses.replace` overrides them on load.
 """
 
@@ -9,11 +9,51 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Optional, Tuple
+from typing import Any, ClassVar, Optional, Tuple
+
+
+class DictConfig:
+    """to_dict / from_dict / replace for a frozen config dataclass.
+
+    NESTED maps fields holding another config to its class (built from a dict on the way in);
+    list values become tuples (JSON has no tuples); unknown fields are refused, naming the
+    class. MODEL_TYPE, where set, is written as "model_type" and checked on the way back."""
+
+    NESTED: ClassVar[dict] = {}
+    MODEL_TYPE: ClassVar[Optional[str]] = None
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        if self.MODEL_TYPE:
+            d["model_type"] = self.MODEL_TYPE
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        d = dict(d)
+        kind = d.pop("model_type", None)
+        if kind is not None and kind != cls.MODEL_TYPE:
+            raise ValueError(f"a {kind!r} config is not a {cls.__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"Unknown {cls.__name__} fields: {sorted(unknown)}")
+        out = {}
+        for k, v in d.items():
+            sub = cls.NESTED.get(k)
+            if sub is not None and not isinstance(v, sub):
+                v = sub.from_dict(v)
+            elif isinstance(v, list):
+                v = tuple(v)
+            out[k] = v
+        return cls(**out)
+
+    def replace(self, **kw: Any):
+        return dataclasses.replace(self, **kw)
 
 
 @dataclasses.dataclass(frozen=True)
-class VisionConfig:
+class VisionConfig(DictConfig):
     """Image tower. `kind` is "vit" (CLIP / HF ViTModel layout) or "resnet" (ModifiedResNet)."""
 
     kind: str = "vit"
@@ -39,7 +79,7 @@ class VisionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class TextConfig:
+class TextConfig(DictConfig):
     """Text tower. `kind` is "causal" (CLIP), "bert" or "distilbert" (bidirectional encoders)."""
 
     kind: str = "causal"
@@ -62,7 +102,10 @@ class TextConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class CLIPConfig:
+class CLIPConfig(DictConfig):
+    NESTED: ClassVar[dict] = {"vision": VisionConfig, "text": TextConfig}
+    MODEL_TYPE: ClassVar[str] = "clip"
+
     embed_dim: int = 512
     vision: VisionConfig = VisionConfig()
     text: TextConfig = TextConfig()
@@ -73,31 +116,3 @@ class CLIPConfig:
     param_dtype: str = "float32"
     remat_policy: str = "none"  # see clipjax.models.layers.REMAT_POLICIES
     attention_impl: Optional[str] = None  # None (XLA picks) | "xla" | "cudnn"
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "CLIPConfig":
-        d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"Unknown CLIPConfig fields: {sorted(unknown)}")
-        vision = _build(VisionConfig, d.pop("vision", {}))
-        text = _build(TextConfig, d.pop("text", {}))
-        return cls(vision=vision, text=text, **d)
-
-    def replace(self, **kw: Any) -> "CLIPConfig":
-        return dataclasses.replace(self, **kw)
-
-
-def _build(cls, d):
-    if isinstance(d, cls):
-        return d
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - known
-    if unknown:
-        raise ValueError(f"Unknown {cls.__name__} fields: {sorted(unknown)}")
-    d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
-    return cls(**d)

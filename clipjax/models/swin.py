@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from clipjax.models.config import DictConfig
 from clipjax.models.layers import (
     remat_block,
     HeadsIn,
@@ -43,7 +44,7 @@ SPATIAL = ("batch", None, None, "embed")  # (B, H, W, C) activations
 
 
 @dataclasses.dataclass(frozen=True)
-class SwinConfig:
+class SwinConfig(DictConfig):
     image_size: int = 224
     patch_size: int = 4
     in_chans: int = 3
@@ -96,17 +97,9 @@ class SwinConfig:
         return window_and_shift(self.stage_resolution(s), self.stage_resolution(s), self.window_size)[1]
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
+        d = super().to_dict()
         d["depths"], d["num_heads"] = list(self.depths), list(self.num_heads)
         return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SwinConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown SwinConfig fields: {unknown}")
-        return cls(**d)
 
 
 def window_and_shift(h: int, w: int, window: int) -> tuple[int, int]:

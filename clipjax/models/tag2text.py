@@ -39,7 +39,7 @@ convolutions learn object shape far sooner than a ViT does — see docs/results.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import ClassVar, Optional
 
 import jax
 import jax.numpy as jnp
@@ -47,11 +47,11 @@ import flax.linen as nn
 
 from clipjax.models.bert import BertEncoder
 from clipjax.models.captioning import CaptionDecoder
-from clipjax.models.config import TextConfig, VisionConfig, _build
+from clipjax.models.config import DictConfig, TextConfig, VisionConfig
 from clipjax.models.clip import l2_normalize
 from clipjax.models.layers import dense, dtype_of
 from clipjax.models.tagging import TaggingConfig, TaggingHead
-from clipjax.tagging_losses import TEMP_INIT, TEMP_RANGE, itc_loss, itm_pairs, sample_hard_negatives
+from clipjax.models.alignment import TEMP_INIT, TEMP_RANGE, itc_similarities, itm_pairs, sample_hard_negatives
 
 VARIANTS = ("tag2text", "ram")
 VISION_KINDS = ("vit", "swin", "resnet")
@@ -59,7 +59,10 @@ PROMPT = "a picture of "  # Tag2Text / RAM caption prompt (BLIP's trick)
 
 
 @dataclasses.dataclass(frozen=True)
-class Tag2TextConfig:
+class Tag2TextConfig(DictConfig):
+    NESTED: ClassVar[dict] = {"vision": VisionConfig, "text": TextConfig, "tagging": TaggingConfig}
+    MODEL_TYPE: ClassVar[str] = "tag2text"
+
     variant: str = "tag2text"
     vision_kind: str = "vit"
     vision: VisionConfig = VisionConfig(kind="vit", act="gelu", ln_pre=False, patch_bias=True, ln_eps=1e-6)
@@ -133,25 +136,6 @@ class Tag2TextConfig:
     def image_width(self) -> int:
         """Width of the image tokens the head and the tag encoder read."""
         return self.image_proj_dim or self.vision_width
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Tag2TextConfig":
-        d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"Unknown Tag2TextConfig fields: {sorted(unknown)}")
-        vision = _build(VisionConfig, d.pop("vision", {}))
-        text = _build(TextConfig, d.pop("text", {}))
-        tagging = d.pop("tagging", {})
-        tagging = tagging if isinstance(tagging, TaggingConfig) else TaggingConfig.from_dict(tagging)
-        return cls(vision=vision, text=text, tagging=tagging, **d)
-
-    def replace(self, **kw: Any) -> "Tag2TextConfig":
-        return dataclasses.replace(self, **kw)
 
 
 class Tag2Text(nn.Module):
@@ -256,9 +240,11 @@ class Tag2Text(nn.Module):
     def align(self, image_tokens, text_ids, key=None, deterministic: bool = True):
         """BLIP's ITC + ITM on aligned pairs (row i of each). `key`: PRNG key for drawing the
         hard negatives (training); None takes the most similar non-matching one instead.
-        Returns itc_loss, itm_logits (3B, 2), itm_labels (3B,) and the ITC similarities."""
+        Returns the ITC similarities sim_i2t / sim_t2i (B, B, over the temperature), itm_logits
+        (3B, 2) and itm_labels (3B,); the losses are clipjax.losses.tagging's
+        itc_loss_from_similarities and itm_loss."""
         img, txt = self.image_feat(image_tokens), self.text_feat(text_ids, deterministic)
-        loss, (sim_i2t, sim_t2i) = itc_loss(img, txt, self.temperature())
+        sim_i2t, sim_t2i = itc_similarities(img, txt, self.temperature())
         if key is None:
             eye = jnp.eye(sim_i2t.shape[0], dtype=bool)
             neg_t = jnp.argmax(jnp.where(eye, -jnp.inf, jax.lax.stop_gradient(sim_i2t)), axis=1)
@@ -267,7 +253,7 @@ class Tag2Text(nn.Module):
             neg_t, neg_i = sample_hard_negatives(key, sim_i2t, sim_t2i)
         image_index, text_index, labels = itm_pairs(neg_t, neg_i)
         logits = self.itm_logits(text_ids[text_index], image_tokens[image_index], deterministic)
-        return dict(itc_loss=loss, itm_logits=logits, itm_labels=labels, sim_i2t=sim_i2t)
+        return dict(itm_logits=logits, itm_labels=labels, sim_i2t=sim_i2t, sim_t2i=sim_t2i)
 
     def __call__(self, images, tag_ids=None, caption_ids=None, text_ids=None, label_embed=None, align_key=None,
                  deterministic: bool = True):

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from clipjax.models.bert import padding_mask
+from clipjax.models.config import DictConfig
 from clipjax.models.layers import Transformer, constrain, dense, dtype_of, logical
 
 LABEL_SOURCES = ("learned", "clip")
@@ -59,7 +60,7 @@ ASSET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 
 
 @dataclasses.dataclass(frozen=True)
-class TaggingConfig:
+class TaggingConfig(DictConfig):
     """Shape of a tagging head. Defaults are RAM's (q2l_config.json with encoder_width 512)."""
 
     num_tags: int = 4585
@@ -94,17 +95,6 @@ class TaggingConfig:
     def has_wordvec_proj(self) -> bool:
         # RAM: nn.Linear(512, hidden) unless hidden == 512, where it is nn.Identity
         return self.label_source == "clip" and self.label_dim != self.width
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TaggingConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"Unknown TaggingConfig fields: {sorted(unknown)}")
-        return cls(**d)
 
 
 def tag2text_tagging_config(vision_width: int = 1024, num_tags: int = 3429) -> TaggingConfig:
@@ -142,7 +132,7 @@ class TaggingHead(nn.Module):
     image token (the projected [CLS]) and the learned `reweight_scale`. A 2-D `label_embed`
     given at call time is such a table too (C' * K rows); a 3-D one is used as it is, e.g.
     RAM++'s image-text alignment, which feeds the batch's caption embeddings broadcast to
-    (B, B, d) and scores them with `alignment_targets` (tagging_losses).
+    (B, B, d) and scores them with `alignment_targets` (clipjax.losses.tagging).
     """
 
     cfg: TaggingConfig

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clipjax.checkpoint import CONFIG_ITEM, MODEL_ITEM
+from clipjax.checkpoint_format import CONFIG_ITEM, MODEL_ITEM
 
 log = logging.getLogger("clipjax.train")
 

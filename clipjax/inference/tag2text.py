@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from clipjax.data.tagging import TagTextTokenizer, tag_strings
-from clipjax.generation import GenerationConfig, expand_for_beams, generate
+from clipjax.inference.generation import GenerationConfig, expand_for_beams, generate
 from clipjax.models.tag2text import Tag2Text, Tag2TextConfig, tie_tag_encoder
 from clipjax.models.tagging import load_tag_list, load_thresholds
 
@@ -59,7 +59,7 @@ class LoadedTag2Text:
     def from_run(cls, workdir: str, cfg=None, variables=None, **kw):
         """A training workdir (or its checkpoints): the model plus its vocab / tag list."""
         if cfg is None:
-            from clipjax.api import read_any
+            from clipjax.convert.formats import read_any
 
             cfg, variables = read_any(workdir)
         if not isinstance(cfg, Tag2TextConfig):

@@ -1,7 +1,11 @@
-"""clipjax checkpoints: an Orbax `CheckpointManager` directory whose steps hold the model's
-variables ("model") beside its config ("model_config", JSON), so a checkpoint loads with
-nothing else. Training runs add their own items (optimizer state, data position, ...) to the
-same steps; inference reads only these two.
+"""The clipjax checkpoint format: an Orbax `CheckpointManager` directory whose steps hold the
+model's variables ("model") beside its config ("model_config", JSON: `cfg.to_dict()`, whose
+"model_type" names the family), so a checkpoint loads with nothing else. Training runs add
+their own items (optimizer state, data position, ...) to the same steps; inference reads only
+these two.
+
+This module reads and writes the items as plain dicts and arrays; turning the config dict into
+a model config is clipjax.convert.formats' (through clipjax.models.registry).
 """
 
 from __future__ import annotations
@@ -12,8 +16,7 @@ from typing import Optional
 import jax
 import numpy as np
 
-from clipjax.convert.common import CheckpointError
-from clipjax.models.config import CLIPConfig
+from clipjax.variables import CheckpointError
 
 MODEL_ITEM = "model"
 CONFIG_ITEM = "model_config"
@@ -44,19 +47,20 @@ def latest_step(path: str) -> Optional[int]:
     return None
 
 
-def save_clipjax(path: str, variables: dict, cfg: CLIPConfig, step: int = 0) -> None:
-    """Write `variables` (params [+ batch_stats]) and the config as step `step` of `path`."""
+def save_model(path: str, variables: dict, config_dict: dict, step: int = 0) -> None:
+    """Write `variables` (params [+ batch_stats, constants]) and the config dict as step `step`."""
     ocp = _ocp()
     path = os.path.abspath(path)
     with ocp.CheckpointManager(path) as mngr:
         mngr.save(step, args=ocp.args.Composite(**{
             MODEL_ITEM: ocp.args.StandardSave(jax.tree_util.tree_map(np.asarray, variables)),
-            CONFIG_ITEM: ocp.args.JsonSave(cfg.to_dict()),
+            CONFIG_ITEM: ocp.args.JsonSave(config_dict),
         }), force=True)
         mngr.wait_until_finished()
 
 
-def load_config(path: str, step: Optional[int] = None) -> CLIPConfig:
+def read_config_dict(path: str, step: Optional[int] = None) -> tuple[int, dict]:
+    """(step, stored config dict) of the latest (or given) step."""
     ocp = _ocp()
     path = os.path.abspath(path)
     step = latest_step(path) if step is None else step
@@ -64,27 +68,14 @@ def load_config(path: str, step: Optional[int] = None) -> CLIPConfig:
         raise CheckpointError(f"{path} holds no finished clipjax checkpoint")
     with ocp.CheckpointManager(path) as mngr:
         d = mngr.restore(step, args=ocp.args.Composite(**{CONFIG_ITEM: ocp.args.JsonRestore()}))[CONFIG_ITEM]
-    from clipjax.models.clipseg import CLIPSegConfig, is_clipseg_config
-
-    try:
-        if isinstance(d, dict) and "tagging" in d and "variant" in d:
-            from clipjax.models.tag2text import Tag2TextConfig
-
-            return Tag2TextConfig.from_dict(d)
-        if is_clipseg_config(d):
-            return CLIPSegConfig.from_dict(d)
-        return CLIPConfig.from_dict(d)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path} step {step}: model config is not a CLIP config: {e}") from None
+    return step, d
 
 
-def load_clipjax(path: str, step: Optional[int] = None, shardings=None) -> tuple[CLIPConfig, dict]:
-    """Latest (or given) step -> (config, variables). `shardings`, a pytree of
-    jax.sharding.Sharding matching the variables, restores straight onto a mesh."""
+def read_variables(path: str, step: int, shardings=None) -> dict:
+    """The variables of `step`. `shardings`, a pytree of jax.sharding.Sharding matching the
+    variables, restores straight onto a mesh."""
     ocp = _ocp()
     path = os.path.abspath(path)
-    step = latest_step(path) if step is None else step
-    cfg = load_config(path, step)
     with ocp.CheckpointManager(path) as mngr:
         if shardings is None:
             # Restore onto this process's first device whatever mesh wrote it (a checkpoint
@@ -98,4 +89,4 @@ def load_clipjax(path: str, step: Optional[int] = None, shardings=None) -> tuple
         else:
             restore = ocp.args.StandardRestore(shardings)
         variables = mngr.restore(step, args=ocp.args.Composite(**{MODEL_ITEM: restore}))[MODEL_ITEM]
-    return cfg, dict(variables)
+    return dict(variables)

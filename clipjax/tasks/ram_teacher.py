@@ -20,13 +20,16 @@ import numpy as np
 import flax.linen as nn
 
 from clipjax import sharding as shd
+from clipjax.convert.formats import read_any
+from clipjax.inference.clip import LoadedCLIP
+from clipjax.models.clip import CLIP, init_inputs
+from clipjax.models.config import CLIPConfig
+from clipjax.models.tagging import build_label_embeddings
+from clipjax.variables import place_like
 
 
 def read_clip(path: str):
     """(CLIPConfig, variables) of the CLIP checkpoint at `path`; a clear error for anything else."""
-    from clipjax.api import read_any
-    from clipjax.models.config import CLIPConfig
-
     if not path:
         raise ValueError("RAM training needs config.ram.clip: a CLIP checkpoint clipjax.load reads (a clipjax "
                          "run such as `train.py --config configs/clip_shapes.py`, a transformers CLIP directory, "
@@ -39,9 +42,6 @@ def read_clip(path: str):
 
 def ram_label_embeddings(tag_names, clip_cfg, clip_variables) -> np.ndarray:
     """(C, embed_dim) float32: RAM's label queries for `tag_names`."""
-    from clipjax.api import LoadedCLIP
-    from clipjax.models.tagging import build_label_embeddings
-
     clip = LoadedCLIP(clip_cfg, clip_variables)
     return build_label_embeddings(list(tag_names), lambda prompts: clip.encode_text(prompts, normalize=True))
 
@@ -51,22 +51,16 @@ class ClipTeacher:
     CLIP image embeddings, batch-sharded like the input."""
 
     def __init__(self, clip_cfg, clip_variables, mesh, rules):
-        from clipjax.convert.common import CheckpointError, flatten_variables, unflatten_variables
-        from clipjax.models.clip import CLIP
-
         self.cfg, self.mesh, self.rules = clip_cfg, mesh, rules
         model = CLIP(clip_cfg)
         s = clip_cfg.vision.image_size
-        dummy = (jnp.zeros((1, s, s, 3), jnp.float32), jnp.zeros((1, clip_cfg.text.context_length), jnp.int32))
+        dummy = init_inputs(clip_cfg)
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
             boxed = jax.eval_shape(lambda r: model.init(r, *dummy), jax.random.PRNGKey(0))
-            shardings = flatten_variables(shd.logical_shardings(boxed, mesh, rules))
-        want = flatten_variables(nn.unbox(boxed))
-        have = flatten_variables(clip_variables)
-        if set(want) != set(have) or any(np.shape(have[k]) != want[k].shape for k in want):
-            raise CheckpointError("the RAM teacher's CLIP weights do not match its config")
-        self.variables = unflatten_variables(
-            {k: jax.device_put(np.asarray(have[k], want[k].dtype), shardings[k]) for k in want})
+            shardings = shd.logical_shardings(boxed, mesh, rules)
+        like = jax.tree_util.tree_map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                                      nn.unbox(boxed), shardings)
+        self.variables = place_like(like, clip_variables, "the RAM teacher's CLIP weights (vs its config)")
 
         def embed(variables, images):
             if images.shape[1:3] != (s, s):

@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from clipjax.train.tasks import Task
+from clipjax.convert.formats import read_any
+from clipjax.data.pipeline import builder_kwargs, prepare_once
+from clipjax.data.segmentation import SegmentationTrainData, eval_examples
+from clipjax.data.segmentation_adapter import adapter_from_config
+from clipjax.evaluation.segmentation import ReferringSegmentation
+from clipjax.models.clipseg import CLIPSeg, CLIPSegConfig, init_inputs
+from clipjax.tasks.base import Task
+from clipjax.tasks.pretrained import load_subtree
+from clipjax.tokenizer import make_text_tokenizer
 
 
 def clipseg_config(config):
-    from clipjax.api import read_any
-    from clipjax.models.clipseg import CLIPSegConfig
-
     if not config.get("init_from"):
         raise ValueError("task clipseg needs config.init_from: the pretrained CLIP to segment with")
     clip_cfg, _ = read_any(config.init_from)
@@ -35,27 +39,7 @@ def clipseg_config(config):
     return cfg
 
 
-def load_clip_into(variables, path: str):
-    """Put the pretrained CLIP's variables under "clip", on the shardings already there."""
-    from clipjax.api import read_any
-    from clipjax.convert.common import CheckpointError, flatten_variables, unflatten_variables
-
-    _, loaded = read_any(path)
-    mine = flatten_variables({"clip": variables["params"]["clip"]})
-    theirs = flatten_variables({"clip": loaded["params"]})
-    if set(mine) != set(theirs) or any(np.shape(mine[k]) != np.shape(theirs[k]) for k in mine):
-        raise CheckpointError(f"init_from {path}: its CLIP does not fit the CLIPSeg model")
-    placed = {k: jax.device_put(np.asarray(theirs[k], mine[k].dtype), mine[k].sharding) for k in mine}
-    params = dict(variables["params"])
-    params["clip"] = unflatten_variables(placed)["clip"]
-    return {**variables, "params": params}
-
-
-def clipseg_task(config, mesh, rules) -> Task:
-    from clipjax.data.segmentation import SegmentationTrainData
-    from clipjax.models.clipseg import CLIPSeg, init_inputs
-    from clipjax.tokenizer import make_text_tokenizer
-
+def make_task(config, mesh, rules, workdir=None) -> Task:
     cfg = clipseg_config(config)
     model = CLIPSeg(cfg)
     freeze = list(config.optimizer.get("freeze", []) or [])
@@ -73,7 +57,8 @@ def clipseg_task(config, mesh, rules) -> Task:
         "clipseg", model, cfg, dummy, jax.value_and_grad(loss_fn, has_aux=True),
         make_data=lambda position: SegmentationTrainData(config, cfg.image_size, tokenize, mesh, rules, position),
         make_evaluator=lambda: make_segmentation_evaluator(config, cfg, mesh, rules),
-        post_init=lambda variables: load_clip_into(variables, config.init_from))
+        post_init=lambda variables: load_subtree(variables, config.init_from, "clip",
+                                                 f"init_from {config.init_from}: its CLIP under the CLIPSeg model"))
 
 
 def make_segmentation_evaluator(config, cfg, mesh, rules):
@@ -81,11 +66,6 @@ def make_segmentation_evaluator(config, cfg, mesh, rules):
     config.data.eval_split (default "validation")."""
     if not config.get("eval_every"):
         return None
-    from clipjax.data.pipeline import builder_kwargs, prepare_once
-    from clipjax.data.segmentation import eval_examples
-    from clipjax.data.segmentation_adapter import adapter_from_config
-    from clipjax.evaluation.segmentation import ReferringSegmentation
-
     d = config.data
     name = d.get("name") or "clipjax_shapes"
     builder = prepare_once(name, d.get("data_dir", None) or None, builder_kwargs(d, name))

@@ -18,7 +18,7 @@ second index) gives the periodic validation.
 RAM (config.model.variant = "ram", config.ram.clip = a CLIP checkpoint): the tag queries are that
 CLIP's prompt-ensembled text embeddings of the tag names (frozen), image_proj maps the image
 tokens to the CLIP width, and the loss adds RAM's L1 distillation of the projected [CLS] token
-to the CLIP image embedding of the same image (clipjax.train.clip_teacher), as pretrain.py:
+to the CLIP image embedding of the same image (clipjax.tasks.ram_teacher), as pretrain.py:
 loss_t2t + balanced(loss_tag) + loss_dis.
 config.model.alignment_dim > 0 adds BLIP's ITC + ITM (hard negatives drawn from the ITC
 similarities over the global batch) to the loss with weight 1 each, as BLIP sums its losses;
@@ -35,13 +35,22 @@ import shutil
 import jax
 import numpy as np
 
-from clipjax.train.tasks import Task
+from clipjax.data.collection import ImageTextCollection
+from clipjax.data.pipeline import builder_kwargs, prepare_once
+from clipjax.data.tagging import TaggingTrainData, TagTextTokenizer, eval_set, shapes_tag_names, shapes_vocabulary
+from clipjax.evaluation.encode import global_batch, sharded_encoder
+from clipjax.evaluation.tagging_metrics import tagging_report
+from clipjax.losses.captioning import caption_lm_loss, caption_targets
+from clipjax.losses.tagging import asymmetric_loss, clip_distillation_loss, itc_loss_from_similarities, itm_loss, tag2text_loss
+from clipjax.models.config import TextConfig
+from clipjax.models.tag2text import Tag2Text, Tag2TextConfig, init_inputs, tie_tag_encoder
+from clipjax.models.tagging import TaggingConfig, load_tag_list
+from clipjax.tasks.base import Task
+from clipjax.tasks.pretrained import load_pretrained_parts
+from clipjax.tasks.ram_teacher import ClipTeacher, ram_label_embeddings, read_clip
 
 
 def _assets(config, workdir):
-    from clipjax.data.tagging import shapes_tag_names, shapes_vocabulary
-    from clipjax.models.tagging import load_tag_list
-
     out = os.path.join(workdir or ".", "tag2text")
     os.makedirs(out, exist_ok=True)
     vocab = os.path.join(out, "vocab.txt")
@@ -71,10 +80,6 @@ def tag2text_config(config, tokenizer, num_tags: int, clip_embed_dim: int | None
     """The model config from config.model, with the vocabulary size, tag count and special ids
     filled in; for RAM (variant "ram") the CLIP width sets image_proj, the label width and the
     width of the image tokens the head reads."""
-    from clipjax.models.config import TextConfig
-    from clipjax.models.tag2text import Tag2TextConfig
-    from clipjax.models.tagging import TaggingConfig
-
     d = config.model.to_dict()
     text = dict(d.pop("text", {}))
     text.update(vocab_size=max(int(text.get("vocab_size", 0) or 0), len(tokenizer)), pad_token_id=tokenizer.pad_id)
@@ -102,12 +107,7 @@ def set_label_embeddings(variables, embeddings):
     return {**variables, "constants": {**variables["constants"], "tagging_head": {**consts, "label_embed": new}}}
 
 
-def tag2text_task(config, mesh, rules, workdir=None) -> Task:
-    from clipjax.data.tagging import TaggingTrainData, TagTextTokenizer
-    from clipjax.models.captioning import caption_lm_loss, caption_targets
-    from clipjax.models.tag2text import Tag2Text, init_inputs, tie_tag_encoder
-    from clipjax.tagging_losses import asymmetric_loss, clip_distillation_loss, itm_loss, tag2text_loss
-
+def make_task(config, mesh, rules, workdir=None) -> Task:
     vocab, tags = _assets(config, workdir)
     m = config.model
     tok = TagTextTokenizer(vocab, m.get("prompt", "a picture of "), int(m.get("tag_max_length", 40)),
@@ -115,12 +115,12 @@ def tag2text_task(config, mesh, rules, workdir=None) -> Task:
     ram = (m.get("variant", "tag2text") or "tag2text") == "ram"
     teacher = post_init = None
     if ram:  # CLIP label queries (frozen constants) and the CLIP image teacher
-        from clipjax.train.clip_teacher import ClipTeacher, ram_label_embeddings, read_clip
-
         clip_cfg, clip_vars = read_clip((config.get("ram", None) or {}).get("clip", ""))
         label_embed = ram_label_embeddings(tags, clip_cfg, clip_vars)
         teacher = ClipTeacher(clip_cfg, clip_vars, mesh, rules)
         post_init = lambda variables: set_label_embeddings(variables, label_embed)  # noqa: E731
+    elif config.get("init_from"):
+        post_init = lambda v: load_pretrained_parts(v, config.init_from, config.get("init_parts") or None)  # noqa: E731
     cfg = tag2text_config(config, tok, len(tags), teacher.embed_dim if teacher else None)
     if not cfg.captioning:
         raise ValueError("train.py trains Tag2Text and RAM with their caption decoder (RAM++ is not trained here)")
@@ -145,7 +145,8 @@ def tag2text_task(config, mesh, rules, workdir=None) -> Task:
         if ram:
             loss = loss + clip_distillation_loss(out["image_cls"], clip_feats)
         if align:
-            loss = loss + out["itc_loss"] + itm_loss(out["itm_logits"], out["itm_labels"])
+            itc = itc_loss_from_similarities(out["sim_i2t"], out["sim_t2i"])
+            loss = loss + itc + itm_loss(out["itm_logits"], out["itm_labels"])
         return loss, updates
 
     return Task(
@@ -159,18 +160,10 @@ def tag2text_task(config, mesh, rules, workdir=None) -> Task:
 def make_tagging_evaluator(config, cfg, model, tag_names, mesh, rules):
     if not config.get("eval_every"):
         return None
-    from clipjax.data.pipeline import builder_kwargs, prepare_once
-    from clipjax.data.tagging import eval_set
-    from clipjax.evaluation.encode import global_batch, sharded_encoder
-    from clipjax.evaluation.tagging_metrics import tagging_report
-    from clipjax.models.tag2text import Tag2Text, tie_tag_encoder
-
     d = config.data
     name = d.get("name") or "clipjax_shapes"
     n = int(config.get("eval_examples", 500))
     if name == "collection":  # validation rows from config.tag2text.eval_source, else no periodic eval
-        from clipjax.data.collection import ImageTextCollection
-
         source = (config.get("tag2text", None) or {}).get("eval_source", None)
         if not source:
             return None

@@ -42,7 +42,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from clipjax.losses import BATCH_AXES, contrastive_loss
+from clipjax.losses.contrastive import BATCH_AXES, contrastive_loss
 
 EmbedFn = Callable[[Any, Any, Any], Any]  # (params, micro_batch, rng_or_None) -> embeddings
 LossFn = Callable[[Any, Any, Any], jax.Array]  # (params, image_embeds, text_embeds) -> scalar

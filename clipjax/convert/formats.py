@@ -1,0 +1,86 @@
+"""Which format a checkpoint path holds, and reading any of them into (model config, variables).
+
+Formats: "clipjax" (an Orbax directory in clipjax.checkpoint_format, or a training workdir whose
+checkpoints/ holds one), "hf" (a transformers CLIPModel directory), "openai" (a state-dict file
+in the OpenAI / open_clip layout); `read_model` also takes a transformers CLIPSeg directory.
+This is the one place formats are told apart: clipjax.load (inference) and the converters both
+read through it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from clipjax import checkpoint_format as cf
+from clipjax.convert.common import hf_model_type
+from clipjax.models.config import CLIPConfig
+from clipjax.models.registry import config_from_dict
+from clipjax.variables import CheckpointError
+
+
+def save_clipjax(path: str, variables: dict, cfg, step: int = 0) -> None:
+    """Write `variables` and the model config `cfg` as step `step` of the clipjax checkpoint `path`."""
+    cf.save_model(path, variables, cfg.to_dict(), step)
+
+
+def load_config(path: str, step: Optional[int] = None):
+    """The model config (CLIPConfig, CLIPSegConfig or Tag2TextConfig) of a clipjax checkpoint."""
+    step, d = cf.read_config_dict(path, step)
+    try:
+        return config_from_dict(d)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{os.path.abspath(path)} step {step}: model config is not a CLIP config: {e}") from None
+
+
+def load_clipjax(path: str, step: Optional[int] = None, shardings=None) -> tuple[CLIPConfig, dict]:
+    """Latest (or given) step -> (config, variables). `shardings`, a pytree of
+    jax.sharding.Sharding matching the variables, restores straight onto a mesh."""
+    step = cf.latest_step(os.path.abspath(path)) if step is None else step
+    cfg = load_config(path, step)
+    return cfg, cf.read_variables(path, step, shardings)
+
+
+def detect_format(path: str) -> str:
+    """"clipjax" (Orbax directory), "hf" (transformers CLIPModel directory) or "openai"
+    (a state-dict file in the OpenAI / open_clip layout)."""
+    from clipjax.convert.hf_clip import is_hf_clip_dir
+
+    if not os.path.exists(path):
+        raise CheckpointError(f"No such checkpoint: {path}")
+    if os.path.isdir(path):
+        if is_hf_clip_dir(path):
+            return "hf"
+        mt = hf_model_type(path)
+        if mt is not None:
+            raise CheckpointError(f"{path} is a transformers {mt!r} model directory, not a CLIP model")
+        if cf.is_clipjax_checkpoint(path) or cf.is_clipjax_checkpoint(os.path.join(path, "checkpoints")):
+            return "clipjax"
+        raise CheckpointError(
+            f"{path} is neither a clipjax (Orbax) checkpoint nor a transformers CLIP directory")
+    return "openai"
+
+
+def read_any(path: str) -> tuple[CLIPConfig, dict]:
+    """(config, variables) from any checkpoint format clipjax reads."""
+    fmt = detect_format(path)
+    if fmt == "clipjax":
+        # a training workdir keeps its checkpoints under checkpoints/
+        run_dir = os.path.join(path, "checkpoints")
+        return load_clipjax(run_dir if cf.is_clipjax_checkpoint(run_dir) else path)
+    if fmt == "hf":
+        from clipjax.convert.hf_clip import load_hf_clip
+
+        return load_hf_clip(path)
+    from clipjax.convert.openai_clip import load_openai
+
+    return load_openai(path)
+
+
+def read_model(path: str):
+    """`read_any`, and also a transformers CLIPSeg directory: (config, variables) of any model."""
+    from clipjax.convert.hf_clipseg import is_hf_clipseg_dir, load_hf_clipseg
+
+    if os.path.isdir(path) and is_hf_clipseg_dir(path):
+        return load_hf_clipseg(path)
+    return read_any(path)
