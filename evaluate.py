@@ -101,11 +101,11 @@ def classifier_cache_path(args, classnames, templates) -> str | None:
 
 def zeroshot(args, enc: Encoders, builder) -> tuple[dict, dict]:
     from clipjax.evaluation import templates as T
-    from clipjax.evaluation.datasets import classification_info
+    from clipjax.evaluation.datasets import classification_info, dataset_metadata
     from clipjax.evaluation.zeroshot import classification_metrics, heldout_metrics, text_classifier
 
     names = classification_info(builder)
-    known = T.prompts_for(args.dataset)
+    known = T.prompts_for(args.dataset, builder)
     classnames = T.read_lines(args.classnames, "class-name") if args.classnames else (known[0] if known else names)
     templates = T.read_lines(args.templates, "template") if args.templates else (
         known[1] if known else ["a photo of a {}."])
@@ -124,7 +124,7 @@ def zeroshot(args, enc: Encoders, builder) -> tuple[dict, dict]:
     feats, labels = encode_labelled(enc, builder, args.split, args.examples, "zeroshot")
     logits = feats @ cls.T
     metrics = classification_metrics(logits, labels)
-    metrics.update(heldout_metrics(args.dataset, logits, labels))
+    metrics.update(heldout_metrics(names, dataset_metadata(builder).get("held_out_classnames"), logits, labels))
     extra = dict(classnames=classnames, templates=templates, classifier_cached=cached,
                  confusion=(logits.argmax(1), labels))
     return metrics, extra
@@ -174,12 +174,15 @@ def segmentation(args, seg, builder) -> tuple[dict, dict]:
     from clipjax import sharding as shd
     from clipjax.data.segmentation import eval_examples
     from clipjax.data.segmentation_adapter import SegmentationAdapter
-    from clipjax.data.shapes_dataset import COLOR_NAMES, HELD_OUT, SHAPES
+    from clipjax.evaluation.datasets import dataset_metadata
     from clipjax.evaluation.segmentation import ReferringSegmentation, overlay_png
     from clipjax.preprocess import CLIP_MEAN, CLIP_STD
 
     mesh = shd.make_mesh({"data": -1})
-    held = [COLOR_NAMES.index(c) * len(SHAPES) + SHAPES.index(s) for c, s in HELD_OUT]
+    objects = builder.info.features["objects"] if "objects" in builder.info.features else {}
+    pairs = dataset_metadata(builder).get("held_out_pairs") or ()
+    held = [objects["color"].str2int(c) * objects["shape"].num_classes + objects["shape"].str2int(s)
+            for c, s in pairs] if pairs and "color" in objects and "shape" in objects else []
     spec = args.segmentation
     if spec and os.path.exists(spec):
         with open(spec) as f:
@@ -187,7 +190,7 @@ def segmentation(args, seg, builder) -> tuple[dict, dict]:
     adapter = SegmentationAdapter.from_config(json.loads(spec)) if spec else None
     ev = eval_examples(builder, args.split, args.examples or 10 ** 9, adapter)
     score = ReferringSegmentation(seg.cfg, ev, mesh, shd.DEFAULT_RULES, args.batch_size,
-                                  held if args.dataset == "clipjax_shapes" else ())
+                                  held)
     bar = tqdm(total=len(score), desc="segmentation", unit="obj", disable=args.no_progress, file=sys.stderr)
     base = os.path.splitext(args.output)[0] if args.output else None
 

@@ -18,9 +18,14 @@ from __future__ import annotations
 
 import os
 
+import jax
 import tensorflow_datasets as tfds
 
+from clipjax.data import fashion_mnist, shapes_dataset  # noqa: F401  (importing them registers the builders)
+from clipjax.data.data_dir import resolve_data_dir
+
 LOCAL_BUILDERS = ("clipjax_shapes", "clipjax_fashion_mnist")
+ALIASES = {"fashion_mnist": "clipjax_fashion_mnist"}
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -31,28 +36,15 @@ class DownloadNotAllowedError(RuntimeError):
     pass
 
 
-def _register_local():
-    from clipjax.data import fashion_mnist, shapes_dataset  # noqa: F401  (registers builders)
-
-
 def _no_download(*args, **kwargs):
     raise DownloadNotAllowedError(
         "this dataset tried to download files while preparing with download=False; "
         "pass download=True to allow it, or prepare it elsewhere and copy data_dir")
 
 
-def resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
-    """`data_dir`, or when empty TFDS's own default: $TFDS_DATA_DIR, else ~/tensorflow_datasets
-    (read at call time, so a test or a user can point everything elsewhere with the variable)."""
-    if data_dir:
-        return os.fspath(data_dir)
-    return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
-
-
 def get_builder(name: str, data_dir: str | os.PathLike | None, **builder_kwargs):
     """tfds builder for `name` ("cifar10", "coco_captions/2017", "cifar100:3.0.2", ...);
     an empty data_dir means TFDS's default directory (see resolve_data_dir)."""
-    _register_local()
     return tfds.builder(name, data_dir=resolve_data_dir(data_dir), try_gcs=False, **builder_kwargs)
 
 
@@ -100,3 +92,51 @@ def load_tfds(name: str, split: str, data_dir, *, download: bool = False,
                            **(builder_kwargs or {}))
     return builder.as_dataset(split=split, shuffle_files=shuffle_files,
                               read_config=read_config, decoders=decoders)
+
+
+def builder_kwargs(data_config, name: str) -> dict:
+    """Keyword arguments for the TFDS builder of `name`: config.data.builder_kwargs, plus
+    config.data.shapes (image_size, num_train, ...) for clipjax_shapes."""
+    kwargs = dict(data_config.get("builder_kwargs", None) or {})
+    if name == "clipjax_shapes":
+        kwargs = {**dict(data_config.get("shapes", None) or {}), **kwargs}
+    return kwargs
+
+
+def prepare_once(name: str, data_dir, builder_kwargs: dict):
+    """The prepared TFDS builder for `name` ("fashion_mnist" is clipjax's builder of the local
+    files). clipjax's own datasets are generated here when missing (no network); other names
+    must already be prepared (never downloaded). With several processes, process 0 prepares
+    first and the others wait for it, so they never race writing the same files (a shared
+    filesystem is assumed, as TFDS does). Wrong builder kwargs and names TFDS does not know
+    are a ValueError naming them."""
+    name = ALIASES.get(name, name)
+
+    def build():
+        try:
+            if name == "clipjax_shapes":
+                return shapes_dataset.build_shapes(data_dir, **builder_kwargs)  # procedural
+            if name == "clipjax_fashion_mnist":
+                return fashion_mnist.build_fashion_mnist(data_dir, **builder_kwargs)  # from local IDX files
+            return prepare_tfds(name, data_dir, download=False, **builder_kwargs)
+        except TypeError as e:  # wrong builder kwargs
+            raise ValueError(f"cannot build {name} with builder kwargs {builder_kwargs}: {e}") from None
+        except tfds.core.registered.DatasetNotFoundError:
+            raise ValueError(f"unknown dataset {name!r}: not clipjax_shapes / fashion_mnist / collection, and not "
+                             "in the TFDS catalog") from None
+
+    if jax.process_count() == 1:
+        return build()
+    from jax.experimental import multihost_utils
+
+    builder = build() if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices(f"clipjax prepared {name}")
+    return builder if builder is not None else build()
+
+
+
+
+def dataset_from_config(data_config, default: str = "clipjax_shapes"):
+    """The prepared builder config.data names (name, data_dir, builder_kwargs / shapes)."""
+    name = data_config.get("name") or default
+    return prepare_once(name, data_config.get("data_dir", None) or None, builder_kwargs(data_config, name))

@@ -29,6 +29,8 @@ from typing import ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
+from clipjax.data.data_dir import resolve_data_dir
+
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
@@ -130,6 +132,8 @@ class ClipjaxFashionMnist(tfds.core.GeneratorBasedBuilder):
             disable_shuffling=True,
             homepage="https://github.com/zalandoresearch/fashion-mnist",
             citation="Xiao, Rasul, Vollgraf. Fashion-MNIST (2017). arXiv:1708.07747",
+            # what evaluation reads instead of importing this module: zero-shot prompts
+            metadata=tfds.core.MetadataDict(prompt_templates=list(CAPTION_TEMPLATES)),
         )
 
     def source_dir(self, dl_manager=None) -> str:
@@ -175,8 +179,6 @@ class ClipjaxFashionMnist(tfds.core.GeneratorBasedBuilder):
 
 def build_fashion_mnist(data_dir: str | os.PathLike | None = None, source_dir: str | None = None):
     """Prepare clipjax_fashion_mnist under data_dir (no-op when present); return the builder."""
-    from clipjax.data.catalog import resolve_data_dir
-
     builder = ClipjaxFashionMnist(data_dir=resolve_data_dir(data_dir), source_dir=source_dir)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))

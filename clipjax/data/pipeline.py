@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from clipjax import sharding as shd
+from clipjax.data.catalog import dataset_from_config
 from clipjax.preprocess import CLIP_MEAN, CLIP_STD
 
 
@@ -147,8 +148,7 @@ class TFDataTrainData:
                 raise ValueError('config.data.source is required for data.name="collection"')
             self.collection = ImageTextCollection(d.source, **dict(d.get("collection_kwargs", None) or {}))
             return self.collection.as_tf_dataset(), "image", "caption", True
-        data_dir = d.get("data_dir", None) or None  # None: TFDS's default directory
-        builder = prepare_once(name, data_dir, builder_kwargs(d, name))
+        builder = dataset_from_config(d)
         features = builder.info.features
         image_key = d.get("image_key", None) or "image"
         caption_key = d.get("caption_key", None) or next((k for k in _CAPTION_KEYS if k in features), None)
@@ -209,42 +209,6 @@ class TFDataTrainData:
         batch = self._next_placed()
         self.position += self.batch_size  # batches handed out, not the ones prefetched
         return batch
-
-
-def builder_kwargs(data_config, name: str) -> dict:
-    """Keyword arguments for the TFDS builder of `name`: config.data.builder_kwargs, plus
-    config.data.shapes (image_size, num_train, ...) for clipjax_shapes."""
-    kwargs = dict(data_config.get("builder_kwargs", None) or {})
-    if name == "clipjax_shapes":
-        kwargs = {**dict(data_config.get("shapes", None) or {}), **kwargs}
-    return kwargs
-
-
-def prepare_once(name: str, data_dir, builder_kwargs: dict):
-    """The prepared TFDS builder for `name`. clipjax's own datasets are generated here when
-    missing (no network); other names must already be prepared (catalog never downloads).
-    With several processes, process 0 prepares first and the others wait for it, so they never
-    race writing the same files (a shared filesystem is assumed, as TFDS does)."""
-    from clipjax.data import catalog
-
-    def build():
-        if name == "clipjax_shapes":
-            from clipjax.data.shapes_dataset import build_shapes
-
-            return build_shapes(data_dir, **builder_kwargs)  # procedural
-        if name == "clipjax_fashion_mnist":
-            from clipjax.data.fashion_mnist import build_fashion_mnist
-
-            return build_fashion_mnist(data_dir, **builder_kwargs)  # from local IDX files
-        return catalog.prepare_tfds(name, data_dir, download=False, **builder_kwargs)
-
-    if jax.process_count() == 1:
-        return build()
-    from jax.experimental import multihost_utils
-
-    builder = build() if jax.process_index() == 0 else None
-    multihost_utils.sync_global_devices(f"clipjax prepared {name}")
-    return builder if builder is not None else build()
 
 
 def make_train_data(config, cfg, mesh, rules, position: int = 0):

@@ -89,7 +89,7 @@ class SegmentationAdapter:
         import tensorflow as tf
 
         from clipjax.data.augment import example_seed, to_rgb
-        from clipjax.data.segmentation import crop_keeping, visual_prompt
+        from clipjax.data.object_crops import crop_keeping, visual_prompt
 
         image = to_rgb(ex["image"])
         raw = tf.cast(ex[self.mask_key], tf.int32)

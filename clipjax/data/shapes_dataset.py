@@ -37,6 +37,8 @@ from typing import ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from clipjax.data.data_dir import resolve_data_dir
 from PIL import Image
 
 COLORS = {
@@ -63,6 +65,7 @@ HELD_OUT = (
     ("purple", "square"),
 )
 HELD_OUT_CLASSNAMES = tuple(f"{c} {s}" for c, s in HELD_OUT)
+PROMPT_TEMPLATES = ("a photo of a {}.", "a {}.", "a picture of a {}.", "there is a {} in the picture.")
 NUM_CAPTIONS = 5
 SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 
@@ -281,6 +284,12 @@ class ClipjaxShapes(tfds.core.GeneratorBasedBuilder):
             }),
             supervised_keys=("image", "label"),
             homepage="https://github.com/clipjax",
+            # what evaluation reads instead of importing this module: zero-shot prompts and
+            # the colour-shape pairs held out of the train split
+            metadata=tfds.core.MetadataDict(
+                prompt_templates=list(PROMPT_TEMPLATES),
+                held_out_classnames=list(HELD_OUT_CLASSNAMES),
+                held_out_pairs=[list(p) for p in HELD_OUT]),
         )
 
     def _split_generators(self, dl_manager):
@@ -316,8 +325,6 @@ def build_shapes(data_dir: str | os.PathLike | None = None, **kwargs) -> Clipjax
     kwargs: image_size, num_train, num_validation, num_test, seed. Nothing is downloaded.
     Read it with `builder.as_dataset(split="train")` (tf.data over TFRecord files).
     """
-    from clipjax.data.catalog import resolve_data_dir
-
     builder = ClipjaxShapes(data_dir=resolve_data_dir(data_dir), **kwargs)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))

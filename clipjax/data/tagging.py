@@ -176,7 +176,8 @@ class TaggingTrainData:
     def __init__(self, config, image_size: int, tokenizer: TagTextTokenizer, tag_names, mesh, rules, position=0,
                  with_text: bool = False, teacher=None):
         from clipjax import sharding as shd
-        from clipjax.data.pipeline import builder_kwargs, prepare_once, process_rows
+        from clipjax.data.catalog import dataset_from_config
+        from clipjax.data.pipeline import process_rows
 
         d = config.data
         self.batch_size = int(config.batch_size)
@@ -194,7 +195,7 @@ class TaggingTrainData:
             self._ds = self._build(collection_dataset(self.collection, self.matcher), d, image_size, crop=True)
             self._it = iter(self._ds)
             return
-        builder = prepare_once(name, d.get("data_dir", None) or None, builder_kwargs(d, name))
+        builder = dataset_from_config(d)
         features = builder.info.features
         for key in ("image", "captions", "tags"):
             if key not in features:

@@ -12,28 +12,27 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from clipjax.data.catalog import prepare_once
+
 _CAPTION_KEYS = ("captions", "caption", "text", "title")
 
 
 def tfds_builder(name: str, data_dir: Optional[str], builder_kwargs: dict):
-    from clipjax.data.pipeline import prepare_once
-
-    name = {"fashion_mnist": "clipjax_fashion_mnist"}.get(name, name)
-    try:
-        return prepare_once(name, data_dir, builder_kwargs)
-    except TypeError as e:  # wrong builder kwargs
-        raise ValueError(f"cannot build {name} with builder kwargs {builder_kwargs}: {e}") from None
-    except Exception as e:
-        if type(e).__name__ == "DatasetNotFoundError":  # tfds: not in its catalog
-            raise ValueError(f"unknown dataset {name!r}: not clipjax_shapes / fashion_mnist / collection, and not "
-                             "in the TFDS catalog") from None
-        raise
+    """The prepared builder of `name` (clipjax.data.catalog.prepare_once)."""
+    return prepare_once(name, data_dir, builder_kwargs)
 
 
 def _check_split(builder, split: str):
     base = split.split("[")[0]
     if base not in builder.info.splits:
         raise ValueError(f"{builder.info.name} has no split {split!r}; it has {sorted(builder.info.splits)}")
+
+
+def dataset_metadata(builder) -> dict:
+    """What a dataset publishes about itself beyond its features (builder.info.metadata:
+    prompt_templates, held_out_classnames, held_out_pairs for clipjax_shapes), {} if nothing."""
+    meta = getattr(getattr(builder, "info", None), "metadata", None)
+    return dict(meta) if meta else {}
 
 
 def classification_info(builder, label_key: str = "label"):

@@ -19,6 +19,9 @@ import jax
 import numpy as np
 
 from clipjax import sharding as shd
+from clipjax.data.catalog import builder_kwargs
+from clipjax.evaluation.datasets import (
+    classification_info, dataset_metadata, iterate_captioned, iterate_labelled, tfds_builder)
 from clipjax.evaluation.encode import clip_encoders, global_batch
 from clipjax.evaluation.retrieval import retrieval_metrics
 from clipjax.evaluation.zeroshot import heldout_metrics, text_classifier, topk_accuracy
@@ -32,8 +35,6 @@ DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
 def eval_settings(config) -> dict:
     """dataset / split / examples / templates of the periodic evaluation."""
-    from clipjax.data.pipeline import builder_kwargs
-
     e = dict(config.get("eval", None) or {})
     d = config.data
     name = e.get("dataset") or d.name
@@ -48,9 +49,9 @@ def eval_settings(config) -> dict:
 
 
 def load_eval_examples(settings: dict):
-    """-> (uint8 images, labels or None, classnames or None, captions or None) for the first
-    `examples` records of the split, or None when there is nothing to evaluate."""
-    from clipjax.evaluation.datasets import classification_info, iterate_captioned, iterate_labelled, tfds_builder
+    """-> (uint8 images, labels or None, classnames or None, captions or None, held-out class
+    names) for the first `examples` records of the split, or None when there is nothing to
+    evaluate."""
 
     name, split, n = settings["dataset"], settings["split"], settings["examples"]
     if name == "collection":
@@ -63,12 +64,13 @@ def load_eval_examples(settings: dict):
         classnames = classification_info(builder)
     except ValueError:  # no ClassLabel: evaluate retrieval on the captions
         classnames = None
+    held_out = dataset_metadata(builder).get("held_out_classnames") or ()
     if classnames is not None:
         batches = list(iterate_labelled(builder, split, n, n))
         return ([i for imgs, _ in batches for i in imgs], np.concatenate([lab for _, lab in batches]) if batches
-                else np.zeros(0, np.int64), classnames, None)
+                else np.zeros(0, np.int64), classnames, None, held_out)
     batches = list(iterate_captioned(builder, split, n, n))
-    return [i for imgs, _ in batches for i in imgs], None, None, [c for _, caps in batches for c in caps]
+    return [i for imgs, _ in batches for i in imgs], None, None, [c for _, caps in batches for c in caps], held_out
 
 
 def make_periodic_evaluator(config, cfg, mesh=None, rules=None):
@@ -86,7 +88,7 @@ def make_periodic_evaluator(config, cfg, mesh=None, rules=None):
     if loaded is None:
         log.info("periodic evaluation: nothing to evaluate for %s", settings["dataset"])
         return None
-    images, labels, classnames, captions = loaded
+    images, labels, classnames, captions, held_out = loaded
     if not images:
         raise ValueError(f"periodic evaluation: split {settings['split']!r} of {settings['dataset']} is empty")
     pixels = preprocess_images(images, cfg.vision.image_size)  # the inference preprocessing
@@ -98,7 +100,7 @@ def make_periodic_evaluator(config, cfg, mesh=None, rules=None):
         if classnames is not None:
             cls = text_classifier(lambda t: encode_ids(variables, tokenize(t)), classnames, settings["templates"])
             logits = img @ cls.T
-            acc = {**topk_accuracy(logits, labels), **heldout_metrics(settings["dataset"], logits, labels)}
+            acc = {**topk_accuracy(logits, labels), **heldout_metrics(classnames, held_out, logits, labels)}
             return {f"zeroshot_{k}": v for k, v in acc.items()}
         texts = [c for caps in captions for c in caps]
         owner = np.repeat(np.arange(len(captions)), [len(c) for c in captions])

@@ -3,7 +3,8 @@
 ImageNet (1000 names, the CLIP paper's 80 templates), CIFAR-10/100 and MNIST come from OpenAI's
 CLIP repository (data/prompts.md and the ImageNet prompt-engineering notebook; MIT), stored in
 clipjax/assets/zeroshot_prompts.json. Fashion-MNIST and clipjax_shapes use their builders'
-names with their caption templates. Users override both with one-per-line files.
+names with the templates their builders publish in `builder.info.metadata["prompt_templates"]`
+(any TFDS builder can do the same). Users override both with one-per-line files.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from __future__ import annotations
 import functools
 import json
 import os
+
+from clipjax.data import catalog
+from clipjax.evaluation.datasets import classification_info, dataset_metadata
 
 _ASSET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "zeroshot_prompts.json")
 ALIASES = {"imagenet": "imagenet2012", "imagenet2012_subset": "imagenet2012", "imagenet_v2": "imagenet2012",
@@ -28,21 +32,20 @@ def imagenet_templates() -> list[str]:
     return list(_openai()["imagenet2012"]["templates"])
 
 
-def prompts_for(dataset: str) -> tuple[list[str], list[str]] | None:
-    """(classnames, templates) for a known dataset, else None."""
+def prompts_for(dataset: str, builder=None) -> tuple[list[str], list[str]] | None:
+    """(classnames, templates) for a known dataset, else None: OpenAI's lists, or the class
+    names and `prompt_templates` metadata of the dataset's builder (`builder`, or clipjax's own
+    builders looked up by name)."""
     name = ALIASES.get(dataset, dataset).split(":")[0].split("/")[0]
     data = _openai()
     if name in data and isinstance(data[name], dict):
         return list(data[name]["classnames"]), list(data[name]["templates"])
-    if name == "clipjax_fashion_mnist":
-        from clipjax.data.fashion_mnist import CAPTION_TEMPLATES, CLASSNAMES
-
-        return list(CLASSNAMES), list(CAPTION_TEMPLATES)
-    if name == "clipjax_shapes":
-        from clipjax.data.shapes_dataset import CLASSNAMES
-
-        return list(CLASSNAMES), ["a photo of a {}.", "a {}.", "a picture of a {}.", "there is a {} in the picture."]
-    return None
+    if builder is None and name in catalog.LOCAL_BUILDERS:
+        builder = catalog.get_builder(name, None)  # its info only: nothing is prepared
+    templates = dataset_metadata(builder).get("prompt_templates")
+    if not templates:
+        return None
+    return classification_info(builder), list(templates)
 
 
 def read_lines(path: str, what: str) -> list[str]:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from clipjax.convert.formats import read_any
-from clipjax.data.pipeline import builder_kwargs, prepare_once
+from clipjax.data.catalog import dataset_from_config
 from clipjax.data.segmentation import SegmentationTrainData, eval_examples
 from clipjax.data.segmentation_adapter import adapter_from_config
 from clipjax.evaluation.segmentation import ReferringSegmentation
@@ -67,9 +67,7 @@ def make_segmentation_evaluator(config, cfg, mesh, rules):
     if not config.get("eval_every"):
         return None
     d = config.data
-    name = d.get("name") or "clipjax_shapes"
-    builder = prepare_once(name, d.get("data_dir", None) or None, builder_kwargs(d, name))
-    examples = eval_examples(builder, d.get("eval_split", None) or "validation", int(config.get("eval_examples", 200)),
+    examples = eval_examples(dataset_from_config(d), d.get("eval_split", None) or "validation", int(config.get("eval_examples", 200)),
                              adapter_from_config(d))
     score = ReferringSegmentation(cfg, examples, mesh, rules, int(config.batch_size))
 

@@ -36,7 +36,7 @@ import jax
 import numpy as np
 
 from clipjax.data.collection import ImageTextCollection
-from clipjax.data.pipeline import builder_kwargs, prepare_once
+from clipjax.data.catalog import dataset_from_config
 from clipjax.data.tagging import TaggingTrainData, TagTextTokenizer, eval_set, shapes_tag_names, shapes_vocabulary
 from clipjax.evaluation.encode import global_batch, sharded_encoder
 from clipjax.evaluation.tagging_metrics import tagging_report
@@ -170,8 +170,7 @@ def make_tagging_evaluator(config, cfg, model, tag_names, mesh, rules):
         kwargs = dict(d.get("collection_kwargs", None) or {})
         data = eval_set(ImageTextCollection(source, **kwargs), "", n, cfg.image_size, tag_names)
     else:
-        builder = prepare_once(name, d.get("data_dir", None) or None, builder_kwargs(d, name))
-        data = eval_set(builder, "validation", n, cfg.image_size)
+        data = eval_set(dataset_from_config(d), "validation", n, cfg.image_size)
 
     def probs(variables, images):
         v = {**variables, "params": tie_tag_encoder(variables["params"])}
