@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from clipjax.models.config import TextConfig
-from clipjax.models.layers import Transformer, constrain, dense, dtype_of, layer_norm, logical
+from clipjax.models.layers import (
+    constrain, dense, dtype_of, layer_norm, logical, projection, token_position_embed, tower_transformer)
 
 POOLS = ("cls", "mean", "pooler")
 
@@ -79,17 +80,7 @@ class BertEncoder(nn.Module):
         if t > cfg.context_length:
             raise ValueError(f"text length {t} exceeds the model's {cfg.context_length} positions")
 
-        tok = nn.Embed(
-            cfg.vocab_size,
-            cfg.width,
-            dtype=dtype,
-            param_dtype=pdtype,
-            embedding_init=logical(nn.initializers.normal(0.02), ("vocab", "embed")),
-            name="token_embed",
-        )
-        pos = self.param("pos_embed", logical(nn.initializers.normal(0.02), ("length", "embed")),
-                         (cfg.context_length, cfg.width), pdtype)
-        x = tok(ids) + pos[:t].astype(dtype)
+        x = token_position_embed(self, cfg, ids, pos_std=0.02)
         if cfg.kind == "bert":
             types = nn.Embed(
                 cfg.type_vocab_size,
@@ -119,24 +110,9 @@ class BertEncoder(nn.Module):
             enc = constrain(encoder_hidden_states.astype(dtype))
             enc_mask = padding_mask(encoder_attention_mask)
 
-        x, hidden = Transformer(
-            depth=cfg.layers,
-            heads=cfg.heads,
-            mlp_dim=cfg.mlp_dim,
-            act=cfg.act,
-            ln_eps=cfg.ln_eps,
-            norm_first=False,
-            is_causal=self.causal,
-            cross_attention=use_cross,
-            dropout_rate=self.dropout_rate,
-            deterministic=deterministic,
-            dtype=dtype,
-            param_dtype=pdtype,
-            remat_policy=self.remat_policy,
-            attention_impl=self.attention_impl,
-            return_hidden=return_hidden,
-            name="transformer",
-        )(x, mask, enc, enc_mask)
+        x, hidden = tower_transformer(self, cfg, norm_first=False, is_causal=self.causal, cross_attention=use_cross,
+                                      dropout_rate=self.dropout_rate, deterministic=deterministic,
+                                      return_hidden=return_hidden)(x, mask, enc, enc_mask)
 
         if cfg.pool == "mean":
             m = jnp.ones((b, t), dtype) if attention_mask is None else (jnp.asarray(attention_mask) != 0).astype(dtype)
@@ -147,7 +123,4 @@ class BertEncoder(nn.Module):
             if cfg.pool == "pooler":
                 pooled = jnp.tanh(dense(cfg.width, ("embed", "embed_out"), dtype, pdtype, name="pooler")(pooled))
         pooled = nn.with_logical_constraint(pooled, ("batch", "embed"))
-        embeds = None
-        if self.embed_dim is not None:
-            embeds = dense(self.embed_dim, ("embed", "proj"), dtype, pdtype, use_bias=False, name="proj")(pooled)
-        return dict(tokens=x, pooled=pooled, embeds=embeds, hidden=hidden)
+        return dict(tokens=x, pooled=pooled, embeds=projection(self, pooled), hidden=hidden)

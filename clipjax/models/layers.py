@@ -306,3 +306,42 @@ class Transformer(nn.Module):
         )
         x, hidden = scanned(block, x, mask, encoder, encoder_mask)
         return x, hidden
+
+
+# ---------------------------------------------------------------------------- tower pieces
+# What the ViT, causal-text and BERT towers share, written once. They are called from inside a
+# tower's compact __call__, so the submodules and parameters they create belong to that tower
+# (same names as before: "token_embed", "pos_embed", "transformer", "proj").
+
+
+def tower_transformer(tower, cfg, *, norm_first: bool, deterministic: bool, return_hidden: bool,
+                      is_causal: bool = False, cross_attention: bool = False, dropout_rate: float = 0.0):
+    """The scanned block stack of a tower: depth / heads / MLP / activation / LayerNorm eps from
+    the tower's config `cfg` (VisionConfig or TextConfig), dtypes, remat and attention from the
+    tower module itself."""
+    return Transformer(
+        depth=cfg.layers, heads=cfg.heads, mlp_dim=cfg.mlp_dim, act=cfg.act, ln_eps=cfg.ln_eps,
+        norm_first=norm_first, is_causal=is_causal, cross_attention=cross_attention, dropout_rate=dropout_rate,
+        deterministic=deterministic, dtype=dtype_of(tower.dtype), param_dtype=dtype_of(tower.param_dtype),
+        remat_policy=tower.remat_policy, attention_impl=tower.attention_impl, return_hidden=return_hidden,
+        name="transformer")
+
+
+def token_position_embed(tower, cfg, ids, pos_std: float):
+    """Token embeddings ("token_embed", normal(0.02)) plus learned positions ("pos_embed",
+    normal(pos_std): 0.01 in CLIP's text tower, 0.02 in BERT) of a text tower."""
+    dtype, pdtype = dtype_of(tower.dtype), dtype_of(tower.param_dtype)
+    tok = nn.Embed(cfg.vocab_size, cfg.width, dtype=dtype, param_dtype=pdtype,
+                   embedding_init=logical(nn.initializers.normal(0.02), ("vocab", "embed")), name="token_embed")
+    pos = tower.param("pos_embed", logical(nn.initializers.normal(pos_std), ("length", "embed")),
+                      (cfg.context_length, cfg.width), pdtype)
+    return tok(ids) + pos[:ids.shape[-1]].astype(dtype)
+
+
+def projection(tower, pooled):
+    """The tower's bias-free projection to the shared embedding ("proj"), or None without
+    `embed_dim`."""
+    if tower.embed_dim is None:
+        return None
+    return dense(tower.embed_dim, ("embed", "proj"), dtype_of(tower.dtype), dtype_of(tower.param_dtype),
+                 use_bias=False, name="proj")(pooled)

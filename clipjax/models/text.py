@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from clipjax.models.config import TextConfig
-from clipjax.models.layers import Transformer, constrain, dense, dtype_of, layer_norm, logical
+from clipjax.models.layers import constrain, dtype_of, layer_norm, projection, token_position_embed, tower_transformer
 
 
 def eos_positions(ids: jnp.ndarray, eos_token_id: Optional[int]) -> jnp.ndarray:
@@ -46,37 +46,10 @@ class CausalTextTransformer(nn.Module):
         t = ids.shape[-1]
         if t > cfg.context_length:
             raise ValueError(f"text length {t} exceeds the model's context length {cfg.context_length}")
-        tok = nn.Embed(
-            cfg.vocab_size,
-            cfg.width,
-            dtype=dtype,
-            param_dtype=pdtype,
-            embedding_init=logical(nn.initializers.normal(0.02), ("vocab", "embed")),
-            name="token_embed",
-        )
-        pos = self.param("pos_embed", logical(nn.initializers.normal(0.01), ("length", "embed")),
-                         (cfg.context_length, cfg.width), pdtype)
-        x = constrain(tok(ids) + pos[:t].astype(dtype))
-        x, hidden = Transformer(
-            depth=cfg.layers,
-            heads=cfg.heads,
-            mlp_dim=cfg.mlp_dim,
-            act=cfg.act,
-            ln_eps=cfg.ln_eps,
-            norm_first=True,
-            is_causal=True,
-            deterministic=deterministic,
-            dtype=dtype,
-            param_dtype=pdtype,
-            remat_policy=self.remat_policy,
-            attention_impl=self.attention_impl,
-            return_hidden=return_hidden,
-            name="transformer",
-        )(x)
+        x = constrain(token_position_embed(self, cfg, ids, pos_std=0.01))
+        x, hidden = tower_transformer(self, cfg, norm_first=True, is_causal=True, deterministic=deterministic,
+                                      return_hidden=return_hidden)(x)
         x = layer_norm(cfg.ln_eps, dtype, pdtype, "ln_final")(x)
         idx = eos_positions(ids, cfg.eos_token_id)
         pooled = jnp.take_along_axis(x, idx[:, None, None], axis=1)[:, 0]
-        embeds = None
-        if self.embed_dim is not None:
-            embeds = dense(self.embed_dim, ("embed", "proj"), dtype, pdtype, use_bias=False, name="proj")(pooled)
-        return dict(tokens=x, pooled=pooled, embeds=embeds, hidden=hidden)
+        return dict(tokens=x, pooled=pooled, embeds=projection(self, pooled), hidden=hidden)

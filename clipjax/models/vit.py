@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from clipjax.models.config import VisionConfig
-from clipjax.models.layers import Transformer, constrain, dense, dtype_of, layer_norm, logical
+from clipjax.models.layers import constrain, dense, dtype_of, layer_norm, logical, projection, tower_transformer
 
 
 def _cubic(t: np.ndarray, a: float = -0.75) -> np.ndarray:
@@ -107,21 +107,8 @@ class VisionTransformer(nn.Module):
         if cfg.ln_pre:
             x = layer_norm(cfg.ln_eps, dtype, pdtype, "ln_pre")(x)
 
-        x, hidden = Transformer(
-            depth=cfg.layers,
-            heads=cfg.heads,
-            mlp_dim=cfg.mlp_dim,
-            act=cfg.act,
-            ln_eps=cfg.ln_eps,
-            norm_first=True,
-            deterministic=deterministic,
-            dtype=dtype,
-            param_dtype=pdtype,
-            remat_policy=self.remat_policy,
-            attention_impl=self.attention_impl,
-            return_hidden=return_hidden,
-            name="transformer",
-        )(x)
+        x, hidden = tower_transformer(self, cfg, norm_first=True, deterministic=deterministic,
+                                      return_hidden=return_hidden)(x)
 
         if self.norm_all_tokens:
             x = layer_norm(cfg.ln_eps, dtype, pdtype, "ln_post")(x)
@@ -130,7 +117,4 @@ class VisionTransformer(nn.Module):
             pooled = layer_norm(cfg.ln_eps, dtype, pdtype, "ln_post")(x[:, 0])
         if cfg.pooler:
             pooled = jnp.tanh(dense(d, ("embed", "embed_out"), dtype, pdtype, name="pooler")(pooled))
-        embeds = None
-        if self.embed_dim is not None:
-            embeds = dense(self.embed_dim, ("embed", "proj"), dtype, pdtype, use_bias=False, name="proj")(pooled)
-        return dict(tokens=x, pooled=pooled, embeds=embeds, hidden=hidden)
+        return dict(tokens=x, pooled=pooled, embeds=projection(self, pooled), hidden=hidden)
