@@ -80,11 +80,11 @@ def test_train_stream_global_batches_and_resume(builder):
                                                                  shuffle_buffer=16, builder_kwargs=KW)))
     mesh = shd.make_mesh({"data": -1})
     tok = lambda t: tokenize(t, context_length=16)  # noqa: E731
-    a = seg.SegmentationTrainData(c, 40, tok, mesh, shd.DEFAULT_RULES)
+    a = seg.SegmentationTrainData(c.data, c.batch_size, 40, tok, mesh, shd.DEFAULT_RULES)
     batches = [next(a) for _ in range(3)]
     img, ids, mask, vp, alpha = batches[0]
     assert img.shape == (8, 40, 40, 3) and ids.shape == (8, 16) and mask.shape == (8, 40, 40)
     assert vp.shape == (8, 40, 40, 3) and alpha.shape == (8,) and len(img.sharding.device_set) == 8
-    b = seg.SegmentationTrainData(c, 40, tok, mesh, shd.DEFAULT_RULES, position=16)  # resume after 2 batches
+    b = seg.SegmentationTrainData(c.data, c.batch_size, 40, tok, mesh, shd.DEFAULT_RULES, position=16)  # resume after 2 batches
     for x, y in zip(next(b), batches[2]):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

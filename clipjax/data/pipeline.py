@@ -87,11 +87,55 @@ class DevicePrefetch:
         return self._queue.popleft()
 
 
+class GlobalBatches:
+    """The skeleton every training stream shares: a tf.data stream of this process's rows of
+    each global batch (`indexed_stream` + `batched`), turned into tuples of global arrays on
+    the mesh, and the position (examples handed out) a checkpoint stores to resume exactly.
+
+    A subclass builds `self._it` (an iterator of local tf batches) with `self.local_stream`
+    and says how one local batch becomes numpy arrays (`_local`), one per sharding."""
+
+    def __init__(self, batch_size: int, position: int, shardings):
+        self.batch_size, self.position, self.shardings = int(batch_size), int(position), list(shardings)
+        if self.position % self.batch_size:
+            raise ValueError(f"position {self.position} is not a multiple of batch_size {self.batch_size}")
+        self.rows = process_rows(self.shardings[0], self.batch_size)
+
+    def local_stream(self, ds, data_config, prepare):
+        """`prepare(i, record)` mapped over this process's rows of the global stream of `ds`
+        (config.data.seed / shuffle_buffer), batched to its share of each global batch."""
+        import tensorflow as tf
+
+        ds = indexed_stream(ds, int(data_config.get("seed", 0)), int(data_config.get("shuffle_buffer", 10_000) or 0),
+                            self.position, self.batch_size, self.rows)
+        return batched(ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True),
+                       self.rows[1] - self.rows[0])
+
+    def global_arrays(self, local) -> tuple:
+        return tuple(jax.make_array_from_process_local_data(sh, x, (self.batch_size,) + x.shape[1:])
+                     for sh, x in zip(self.shardings, local))
+
+    def counts(self) -> dict | None:
+        """Decode counters of a collection source, else None."""
+        return None
+
+    def __iter__(self):
+        return self
+
+    def _local(self, batch) -> list:
+        raise NotImplementedError
+
+    def __next__(self):
+        batch = self.global_arrays(self._local(next(self._it)))
+        self.position += self.batch_size
+        return batch
+
+
 TFDATA_NAMES = ("clipjax_shapes", "clipjax_fashion_mnist", "collection")
 _CAPTION_KEYS = ("captions", "caption", "text", "title")
 
 
-class TFDataTrainData:
+class TFDataTrainData(GlobalBatches):
     """Global batches from a tf.data stream: a TFDS dataset under `config.data.data_dir`
     (clipjax_shapes, clipjax_fashion_mnist, or any prepared TFDS name) or a user collection
     (`config.data.name="collection"`, `config.data.source`: index files or tar shards).
@@ -109,29 +153,21 @@ class TFDataTrainData:
     decodes in Python, so every process decodes every example there.
     """
 
-    def __init__(self, config, cfg, mesh, rules, position: int = 0):
+    def __init__(self, data_config, batch_size: int, cfg, mesh, rules, position: int = 0):
         from clipjax.tokenizer import make_text_tokenizer
 
-        self.context_length = cfg.text.context_length
+        super().__init__(batch_size, position, [shd.batch_sharding(mesh, 4, rules), shd.batch_sharding(mesh, 2, rules)])
+        if process_rows(self.shardings[1], self.batch_size) != self.rows:
+            raise ValueError("image and text batches are sharded differently")
+        d = data_config
         # CLIP BPE for causal towers, WordPiece (config.data.tokenizer) for BERT towers
-        self._tokenize = make_text_tokenizer(cfg.text, config.data.get("tokenizer", None))
+        self._tokenize = make_text_tokenizer(cfg.text, d.get("tokenizer", None))
         self.collection = None
-        self.batch_size = int(config.batch_size)
-        d = config.data
         self.seed = int(d.get("seed", 0))
         self.image_size = cfg.vision.image_size
-        self.position = int(position)
-        if self.position % self.batch_size:
-            raise ValueError(f"position {self.position} is not a multiple of batch_size {self.batch_size}")
-        self.img_sharding = shd.batch_sharding(mesh, 4, rules)
-        self.ids_sharding = shd.batch_sharding(mesh, 2, rules)
-        self.rows = process_rows(self.img_sharding, self.batch_size)
-        if process_rows(self.ids_sharding, self.batch_size) != self.rows:
-            raise ValueError("image and text batches are sharded differently")
         self.scale = tuple(d.get("crop_scale", None) or (0.9, 1.0))
-        self._ds = self._build(d)
-        self._it = iter(self._ds)
-        self._normalize = normalize_on_device(self.img_sharding)
+        self._it = iter(self._build(d))
+        self._normalize = normalize_on_device(self.shardings[0])
         self._next_placed = DevicePrefetch(self._place, int(d.get("device_prefetch", 2)))
 
     # ------------------------------------------------------------------ source
@@ -166,10 +202,7 @@ class TFDataTrainData:
         from clipjax.data import augment
 
         ds, image_key, caption_key, decoded = self._source(d)
-        start, stop = self.rows
         seed, size, scale = self.seed, self.image_size, self.scale
-        ds = indexed_stream(ds, seed, int(d.get("shuffle_buffer", 10_000) or 0), self.position,
-                            self.batch_size, self.rows)
 
         def prepare(i, ex):
             image = ex[image_key]
@@ -183,12 +216,9 @@ class TFDataTrainData:
                 cap = cap[j]
             return image, cap
 
-        return batched(ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True), stop - start)
+        return self.local_stream(ds, d, prepare)
 
     # ------------------------------------------------------------------ iteration
-    def __iter__(self):
-        return self
-
     def counts(self) -> dict | None:
         """A collection's decode counters (converted / skipped examples so far), else None."""
         return self.collection.counts.as_dict() if self.collection is not None else None
@@ -198,12 +228,8 @@ class TFDataTrainData:
         images, caps = next(self._it)
         caps = [c.decode("utf-8") for c in caps.numpy()]
         local_imgs = images.numpy()  # uint8
-        local_ids = self._tokenize(caps)
-        shape_i = (self.batch_size,) + local_imgs.shape[1:]
-        shape_t = (self.batch_size,) + local_ids.shape[1:]
-        pixels = jax.make_array_from_process_local_data(self.img_sharding, local_imgs, shape_i)
-        return (self._normalize(pixels),
-                jax.make_array_from_process_local_data(self.ids_sharding, local_ids, shape_t))
+        pixels, ids = self.global_arrays([local_imgs, self._tokenize(caps)])
+        return self._normalize(pixels), ids
 
     def __next__(self):
         batch = self._next_placed()
@@ -216,4 +242,4 @@ def make_train_data(config, cfg, mesh, rules, position: int = 0):
     use), clipjax_fashion_mnist, collection, or any prepared TFDS dataset."""
     if not config.data.get("name"):
         raise ValueError(f"config.data.name is empty; use one of {', '.join(TFDATA_NAMES)} or a TFDS name")
-    return TFDataTrainData(config, cfg, mesh, rules, position)
+    return TFDataTrainData(config.data, config.batch_size, cfg, mesh, rules, position)

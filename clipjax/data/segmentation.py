@@ -23,7 +23,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from clipjax import sharding as shd
+from clipjax.data.augment import example_seed, normalize
+from clipjax.data.catalog import dataset_from_config
 from clipjax.data.object_crops import crop_keeping, visual_prompt
+from clipjax.data.pipeline import GlobalBatches
 from clipjax.data.segmentation_adapter import adapter_from_config
 from clipjax.data.shapes_dataset import COLOR_NAMES, POSITION_PHRASES, POSITIONS, SHAPES, SIZES
 
@@ -57,7 +61,6 @@ def segmentation_example(ex, index, seed: int, image_size: int, negative_prob: f
     prompt 0-255 float (S,S,3), alpha)."""
     import tensorflow as tf
 
-    from clipjax.data.augment import example_seed
 
     objs = ex["objects"]
     n = tf.shape(objs["phrase"])[0]
@@ -98,7 +101,7 @@ def eval_examples(builder, split: str, examples: int, adapter=None):
             "classes": np.asarray(classes), "image_index": np.asarray(owner)}
 
 
-class SegmentationTrainData:
+class SegmentationTrainData(GlobalBatches):
     """Global CLIPSeg training batches: (images (B,S,S,3) CLIP-normalised, prompt ids (B,L),
     masks (B,S,S) 0/1 float, visual prompts (B,S,S,3) CLIP-normalised, alpha (B,)).
 
@@ -109,17 +112,10 @@ class SegmentationTrainData:
     crop_scale ((0.75, 1.0)). Same determinism and exact-resume scheme as
     clipjax.data.pipeline.TFDataTrainData."""
 
-    def __init__(self, config, image_size: int, tokenize, mesh, rules, position: int = 0):
-        from clipjax import sharding as shd
-        from clipjax.data.catalog import dataset_from_config
-        from clipjax.data.pipeline import process_rows
-
-        d = config.data
-        self.batch_size = int(config.batch_size)
-        self.position = int(position)
+    def __init__(self, data_config, batch_size: int, image_size: int, tokenize, mesh, rules, position: int = 0):
+        super().__init__(batch_size, position, [shd.batch_sharding(mesh, n, rules) for n in (4, 2, 3, 4, 1)])
+        d = data_config
         self.tokenize = tokenize
-        self.shardings = [shd.batch_sharding(mesh, n, rules) for n in (4, 2, 3, 4, 1)]
-        self.rows = process_rows(self.shardings[0], self.batch_size)
         name = d.get("name") or "clipjax_shapes"
         builder = dataset_from_config(d)
         features = builder.info.features
@@ -130,22 +126,13 @@ class SegmentationTrainData:
             raise ValueError(f"{name} has no objects/mask feature: CLIPSeg training needs per-object masks and "
                              "phrases, or config.data.segmentation describing its mask (see "
                              "clipjax.data.segmentation_adapter)")
-        self._ds = self._build(builder, d, image_size)
-        self._it = iter(self._ds)
+        self._it = iter(self._build(builder, d, image_size))
 
     def _build(self, builder, d, image_size):
-        import tensorflow as tf
-
-        from clipjax.data.augment import normalize
-        from clipjax.data.pipeline import batched, indexed_stream
-
         seed = int(d.get("seed", 0))
         neg, vis = float(d.get("negative_prob", 0.2)), float(d.get("visual_prob", 0.5))
         scale = tuple(d.get("crop_scale", None) or (0.75, 1.0))
         ds = builder.as_dataset(split=d.get("split", None) or "train", shuffle_files=False)
-        ds = indexed_stream(ds, seed, int(d.get("shuffle_buffer", 10_000) or 0), self.position, self.batch_size,
-                            self.rows)
-
         adapter = self.adapter
         names = adapter.names(builder.info.features) if adapter is not None else None
 
@@ -156,19 +143,10 @@ class SegmentationTrainData:
                 img, phrase, mask, vp, alpha = segmentation_example(ex, i, seed, image_size, neg, vis, scale)
             return normalize(img / 255.0), phrase, mask, normalize(vp / 255.0), alpha
 
-        return batched(ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True),
-                       self.rows[1] - self.rows[0])
+        return self.local_stream(ds, d, prepare)
 
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        import jax
-
-        img, phrase, mask, vp, alpha = next(self._it)
+    def _local(self, batch) -> list:
+        img, phrase, mask, vp, alpha = batch
         ids = self.tokenize([p.decode("utf-8") for p in phrase.numpy()])
-        local = [np.asarray(img.numpy(), np.float32), ids, np.asarray(mask.numpy(), np.float32),
-                 np.asarray(vp.numpy(), np.float32), np.asarray(alpha.numpy(), np.float32)]
-        self.position += self.batch_size
-        return tuple(jax.make_array_from_process_local_data(sh, x, (self.batch_size,) + x.shape[1:])
-                     for sh, x in zip(self.shardings, local))
+        return [np.asarray(img.numpy(), np.float32), ids, np.asarray(mask.numpy(), np.float32),
+                np.asarray(vp.numpy(), np.float32), np.asarray(alpha.numpy(), np.float32)]

@@ -25,14 +25,21 @@ from typing import Sequence
 
 import numpy as np
 
+from clipjax import sharding as shd
+from clipjax.data import shapes_dataset as sd
+from clipjax.data.augment import example_seed, normalize, train_transform
+from clipjax.data.catalog import dataset_from_config
+from clipjax.data.collection import ImageTextCollection
+from clipjax.data.pipeline import GlobalBatches
+from clipjax.preprocess import preprocess_images
+from clipjax.tokenizer import wordpiece_tokenizer
+
 SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 DEC, ENC = "[DEC]", "[ENC]"
 
 
 def shapes_vocabulary(path: str) -> str:
     """Write (once) a WordPiece vocab.txt for clipjax_shapes' captions and tags; returns path."""
-    from clipjax.data import shapes_dataset as sd
-
     words = set(sd.SHAPES + sd.COLOR_NAMES + sd.SIZES + sd.TEXTURES + sd.BACKGROUNDS + sd.POSITIONS)
     words |= {"a", "an", "the", "photo", "picture", "of", "one", "two", "three", "shape", "shapes", "on", "at",
               "in", "and", "background", "with", ":", ",", "|", ".", "-"}
@@ -51,8 +58,6 @@ class TagTextTokenizer:
     """Strings -> the tag-encoder / caption-decoder ids of Tag2Text and RAM."""
 
     def __init__(self, vocab_path: str, prompt: str, tag_max_length: int = 40, caption_max_length: int = 40):
-        from clipjax.tokenizer import wordpiece_tokenizer
-
         tok = wordpiece_tokenizer(vocab_path)
         # BLIP's init_tokenizer: bos [DEC] and [ENC] appended after the vocabulary's tokens
         # (ids 30522 / 30523 for bert-base-uncased); a vocab.txt that has them keeps its ids
@@ -108,9 +113,7 @@ def tag_strings(multi_hot, tag_names: Sequence[str], sep: str = " | ") -> list[s
 
 
 def shapes_tag_names() -> tuple[str, ...]:
-    from clipjax.data.shapes_dataset import TAGS
-
-    return tuple(TAGS)
+    return tuple(sd.TAGS)
 
 
 class TagMatcher:
@@ -155,14 +158,12 @@ def collection_dataset(collection, matcher: TagMatcher):
 
 def open_tagged_collection(data_config):
     """config.data (source, collection_kwargs) -> ImageTextCollection."""
-    from clipjax.data.collection import ImageTextCollection
-
     if not data_config.get("source"):
         raise ValueError('config.data.source is required for data.name="collection"')
     return ImageTextCollection(data_config.source, **dict(data_config.get("collection_kwargs", None) or {}))
 
 
-class TaggingTrainData:
+class TaggingTrainData(GlobalBatches):
     """Global Tag2Text / RAM batches: (images (B,S,S,3) CLIP-normalised, tags (B,C) float 0/1,
     tag ids (B,Lt), caption ids (B,Lc)). The tag encoder reads the ground-truth tags (the
     release's `parse_tag`); one of the example's captions is drawn per visit from (seed, index).
@@ -173,27 +174,20 @@ class TaggingTrainData:
     shuffle_buffer, split. Same determinism and exact-resume scheme as
     clipjax.data.pipeline.TFDataTrainData."""
 
-    def __init__(self, config, image_size: int, tokenizer: TagTextTokenizer, tag_names, mesh, rules, position=0,
-                 with_text: bool = False, teacher=None):
-        from clipjax import sharding as shd
-        from clipjax.data.catalog import dataset_from_config
-        from clipjax.data.pipeline import process_rows
-
-        d = config.data
-        self.batch_size = int(config.batch_size)
-        self.position = int(position)
+    def __init__(self, data_config, batch_size: int, image_size: int, tokenizer: TagTextTokenizer, tag_names, mesh,
+                 rules, position=0, with_text: bool = False, teacher=None):
+        super().__init__(batch_size, position,
+                         [shd.batch_sharding(mesh, n, rules) for n in (4, 2, 2, 2, 2)[:5 if with_text else 4]])
+        d = data_config
         self.tokenizer, self.tag_names = tokenizer, list(tag_names)
         self.with_text = with_text  # + [CLS] + caption ids (B, Lc) for ITC / ITM
         self.teacher = teacher  # + its embeddings of the images (B, D), computed on the mesh (RAM)
-        self.shardings = [shd.batch_sharding(mesh, n, rules) for n in (4, 2, 2, 2, 2)[:5 if with_text else 4]]
-        self.rows = process_rows(self.shardings[0], self.batch_size)
         name = d.get("name") or "clipjax_shapes"
         self.collection = self.matcher = None
         if name == "collection":
             self.collection = open_tagged_collection(d)
             self.matcher = TagMatcher(self.tag_names)
-            self._ds = self._build(collection_dataset(self.collection, self.matcher), d, image_size, crop=True)
-            self._it = iter(self._ds)
+            self._it = iter(self._build(collection_dataset(self.collection, self.matcher), d, image_size, crop=True))
             return
         builder = dataset_from_config(d)
         features = builder.info.features
@@ -203,20 +197,14 @@ class TaggingTrainData:
                                  "and multi-hot tags")
         if features["tags"].shape[-1] != len(self.tag_names):
             raise ValueError(f"{name} has {features['tags'].shape[-1]} tags, the tag list {len(self.tag_names)}")
-        self._ds = self._build(builder.as_dataset(split=d.get("split", None) or "train", shuffle_files=False), d,
-                               image_size)
-        self._it = iter(self._ds)
+        self._it = iter(self._build(builder.as_dataset(split=d.get("split", None) or "train", shuffle_files=False),
+                                    d, image_size))
 
     def _build(self, ds, d, image_size, crop: bool = False):
         import tensorflow as tf
 
-        from clipjax.data.augment import example_seed, normalize, train_transform
-        from clipjax.data.pipeline import batched, indexed_stream
-
         seed = int(d.get("seed", 0))
         scale = tuple(d.get("crop_scale", None) or (0.9, 1.0))
-        ds = indexed_stream(ds, seed, int(d.get("shuffle_buffer", 10_000) or 0), self.position, self.batch_size,
-                            self.rows)
 
         def prepare(i, ex):
             if crop:  # a collection's images: any size and aspect
@@ -229,11 +217,7 @@ class TaggingTrainData:
             j = tf.random.stateless_uniform([], example_seed(seed, i, 20), 0, tf.shape(caps)[0], dtype=tf.int32)
             return img, tf.cast(ex["tags"], tf.float32), caps[j]
 
-        return batched(ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True),
-                       self.rows[1] - self.rows[0])
-
-    def __iter__(self):
-        return self
+        return self.local_stream(ds, d, prepare)
 
     def counts(self) -> dict | None:
         """A collection's decode counters plus the tag names not in the tag list, else None."""
@@ -241,19 +225,18 @@ class TaggingTrainData:
             return None
         return {**self.collection.counts.as_dict(), "unknown_tags": sum(self.matcher.unknown.values())}
 
-    def __next__(self):
-        import jax
-
-        img, tags, caption = next(self._it)
+    def _local(self, batch) -> list:
+        img, tags, caption = batch
         tags = np.asarray(tags.numpy(), np.float32)
         tag_ids = self.tokenizer.tags(tag_strings(tags > 0.5, self.tag_names))
         captions = [c.decode("utf-8") for c in caption.numpy()]
         local = [np.asarray(img.numpy(), np.float32), tags, tag_ids, self.tokenizer.captions(captions)]
         if self.with_text:
             local.append(self.tokenizer.texts(captions))
-        self.position += self.batch_size
-        batch = tuple(jax.make_array_from_process_local_data(sh, x, (self.batch_size,) + x.shape[1:])
-                      for sh, x in zip(self.shardings, local))
+        return local
+
+    def __next__(self):
+        batch = super().__next__()
         return batch + ((self.teacher(batch[0]),) if self.teacher is not None else ())
 
 
@@ -262,14 +245,10 @@ def eval_set(source, split: str, examples: int, image_size: int, tag_names: Sequ
     (then `tag_names` maps its tags; `split` is unused; images get clipjax.load's
     preprocessing): dict(images (N,S,S,3) float CLIP-normalised, tags (N,C) uint8, captions
     list of lists of str, unknown_tags)."""
-    from clipjax.data.collection import ImageTextCollection
-
     if isinstance(source, ImageTextCollection):
         return _collection_eval_set(source, examples, image_size, tag_names)
     import tensorflow as tf
     import tensorflow_datasets as tfds
-
-    from clipjax.data.augment import normalize
 
     builder = source
     images, tags, caps = [], [], []
@@ -286,8 +265,6 @@ def eval_set(source, split: str, examples: int, image_size: int, tag_names: Sequ
 
 def _collection_eval_set(collection, examples: int, image_size: int, tag_names):
     """Each usable row is one image, its caption the one reference."""
-    from clipjax.preprocess import preprocess_images
-
     if tag_names is None:
         raise ValueError("a collection's tags need the model's tag list (tag_names)")
     matcher = TagMatcher(tag_names)

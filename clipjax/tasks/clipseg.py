@@ -55,7 +55,8 @@ def make_task(config, mesh, rules, workdir=None) -> Task:
     tokenize = make_text_tokenizer(cfg.clip.text)
     return Task(
         "clipseg", model, cfg, dummy, jax.value_and_grad(loss_fn, has_aux=True),
-        make_data=lambda position: SegmentationTrainData(config, cfg.image_size, tokenize, mesh, rules, position),
+        make_data=lambda position: SegmentationTrainData(config.data, config.batch_size, cfg.image_size, tokenize, mesh,
+                                                         rules, position),
         make_evaluator=lambda: make_segmentation_evaluator(config, cfg, mesh, rules),
         post_init=lambda variables: load_subtree(variables, config.init_from, "clip",
                                                  f"init_from {config.init_from}: its CLIP under the CLIPSeg model"))

@@ -151,8 +151,8 @@ def make_task(config, mesh, rules, workdir=None) -> Task:
 
     return Task(
         "tag2text", model, cfg, init_inputs(cfg), jax.value_and_grad(loss_fn, has_aux=True),
-        make_data=lambda position: TaggingTrainData(config, cfg.image_size, tok, tags, mesh, rules, position,
-                                                    with_text=align, teacher=teacher),
+        make_data=lambda position: TaggingTrainData(config.data, config.batch_size, cfg.image_size, tok, tags, mesh,
+                                                    rules, position, with_text=align, teacher=teacher),
         make_evaluator=lambda: make_tagging_evaluator(config, cfg, model, tags, mesh, rules),
         post_init=post_init)
 
