@@ -18,7 +18,7 @@ ALLOWED = {
     "convert": {"models"},
     "data": set(),
     "evaluation": {"data", "models"},
-    "inference": {"convert", "models", "data"},
+    "inference": {"convert", "models"},
     "train": set(),
     "tasks": {"models", "losses", "data", "evaluation", "inference", "convert", "train"},
 }
@@ -119,3 +119,14 @@ def test_no_import_loops():
         if v not in index:
             visit(v)
     assert not loops, f"import loops: {loops}"
+
+
+def test_the_inference_api_imports_no_input_pipeline():
+    """`import clipjax` (load, LoadedCLIP / CLIPSeg / Tag2Text) stays light: TensorFlow and the
+    data room are the training input's, not inference's."""
+    import subprocess
+    import sys
+
+    code = "import sys, clipjax; print(sorted(m for m in ('tensorflow', 'clipjax.data') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

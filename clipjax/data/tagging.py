@@ -32,10 +32,9 @@ from clipjax.data.catalog import dataset_from_config
 from clipjax.data.collection import ImageTextCollection
 from clipjax.data.pipeline import GlobalBatches
 from clipjax.preprocess import preprocess_images
-from clipjax.tokenizer import wordpiece_tokenizer
+from clipjax.tokenizer import DEC, ENC, TagTextTokenizer, tag_strings  # noqa: F401  (re-exported)
 
 SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-DEC, ENC = "[DEC]", "[ENC]"
 
 
 def shapes_vocabulary(path: str) -> str:
@@ -52,64 +51,6 @@ def shapes_vocabulary(path: str) -> str:
         f.write("\n".join(vocab) + "\n")
     os.replace(tmp, path)
     return path
-
-
-class TagTextTokenizer:
-    """Strings -> the tag-encoder / caption-decoder ids of Tag2Text and RAM."""
-
-    def __init__(self, vocab_path: str, prompt: str, tag_max_length: int = 40, caption_max_length: int = 40):
-        tok = wordpiece_tokenizer(vocab_path)
-        # BLIP's init_tokenizer: bos [DEC] and [ENC] appended after the vocabulary's tokens
-        # (ids 30522 / 30523 for bert-base-uncased); a vocab.txt that has them keeps its ids
-        tok.add_special_tokens({"bos_token": DEC, "additional_special_tokens": [ENC]})
-        self.tok = tok
-        self.prompt = prompt
-        self.tag_max_length, self.caption_max_length = tag_max_length, caption_max_length
-        self.bos_id = tok.convert_tokens_to_ids(DEC)
-        self.enc_id = tok.convert_tokens_to_ids(ENC)
-        self.sep_id, self.pad_id = tok.sep_token_id, tok.pad_token_id
-        # [DEC] + the prompt's tokens (the release: len(tokenizer(prompt).input_ids) - 1)
-        self.prompt_length = len(tok(prompt).input_ids) - 1
-
-    def __len__(self):
-        return len(self.tok)
-
-    def _ids(self, texts, length, first):
-        enc = self.tok(list(texts), padding="max_length", truncation=True, max_length=length,
-                       return_attention_mask=False, return_token_type_ids=False)
-        ids = np.asarray(enc["input_ids"], np.int32).reshape(-1, length)
-        ids[:, 0] = first
-        return ids
-
-    def tags(self, tag_strings: Sequence[str]) -> np.ndarray:
-        return self._ids(tag_strings, self.tag_max_length, self.enc_id)
-
-    def texts(self, captions: Sequence[str]) -> np.ndarray:
-        """[CLS] + caption (no prompt): the text encoder's input for ITC / ITM."""
-        return self._ids(captions, self.caption_max_length, self.tok.cls_token_id)
-
-    def captions(self, captions: Sequence[str]) -> np.ndarray:
-        return self._ids([self.prompt + c for c in captions], self.caption_max_length, self.bos_id)
-
-    def prompt_ids(self, batch: int) -> np.ndarray:
-        """[DEC] + prompt tokens (no [SEP]): the generation prefix."""
-        ids = np.asarray(self.tok(self.prompt).input_ids[:-1], np.int32)
-        ids[0] = self.bos_id
-        return np.tile(ids, (batch, 1))
-
-    def decode(self, ids) -> list[str]:
-        """Generated ids -> captions with the prompt removed (the release strips it by length)."""
-        out = []
-        for row in np.asarray(ids):
-            text = self.tok.decode(row, skip_special_tokens=True)
-            p = self.prompt.strip()
-            out.append(text[len(p):].strip() if text.startswith(p) else text.strip())
-        return out
-
-
-def tag_strings(multi_hot, tag_names: Sequence[str], sep: str = " | ") -> list[str]:
-    hot = np.asarray(multi_hot)
-    return [sep.join(tag_names[i] for i in np.flatnonzero(row)) for row in hot]
 
 
 def shapes_tag_names() -> tuple[str, ...]:

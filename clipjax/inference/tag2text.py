@@ -18,7 +18,7 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
-from clipjax.data.tagging import TagTextTokenizer, tag_strings
+from clipjax.tokenizer import TagTextTokenizer, tag_strings
 from clipjax.inference.generation import GenerationConfig, expand_for_beams, generate
 from clipjax.models.tag2text import Tag2Text, Tag2TextConfig, tie_tag_encoder
 from clipjax.models.tagging import load_tag_list, load_thresholds

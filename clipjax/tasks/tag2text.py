@@ -37,7 +37,7 @@ import numpy as np
 
 from clipjax.data.collection import ImageTextCollection
 from clipjax.data.catalog import dataset_from_config
-from clipjax.data.tagging import TaggingTrainData, TagTextTokenizer, eval_set, shapes_tag_names, shapes_vocabulary
+from clipjax.data.tagging import TaggingTrainData, eval_set, shapes_tag_names, shapes_vocabulary
 from clipjax.evaluation.encode import global_batch, sharded_encoder
 from clipjax.evaluation.tagging_metrics import tagging_report
 from clipjax.losses.captioning import caption_lm_loss, caption_targets
@@ -48,6 +48,7 @@ from clipjax.models.tagging import TaggingConfig, load_tag_list
 from clipjax.tasks.base import Task
 from clipjax.tasks.pretrained import load_pretrained_parts
 from clipjax.tasks.ram_teacher import ClipTeacher, ram_label_embeddings, read_clip
+from clipjax.tokenizer import TagTextTokenizer
 
 
 def _assets(config, workdir):
