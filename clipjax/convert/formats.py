@@ -14,6 +14,9 @@ from typing import Optional
 
 from clipjax import checkpoint_format as cf
 from clipjax.convert.common import hf_model_type
+from clipjax.convert.hf_clip import is_hf_clip_dir, load_hf_clip
+from clipjax.convert.hf_clipseg import is_hf_clipseg_dir, load_hf_clipseg
+from clipjax.convert.openai_clip import load_openai
 from clipjax.models.config import CLIPConfig
 from clipjax.models.registry import config_from_dict
 from clipjax.variables import CheckpointError
@@ -44,8 +47,6 @@ def load_clipjax(path: str, step: Optional[int] = None, shardings=None) -> tuple
 def detect_format(path: str) -> str:
     """"clipjax" (Orbax directory), "hf" (transformers CLIPModel directory) or "openai"
     (a state-dict file in the OpenAI / open_clip layout)."""
-    from clipjax.convert.hf_clip import is_hf_clip_dir
-
     if not os.path.exists(path):
         raise CheckpointError(f"No such checkpoint: {path}")
     if os.path.isdir(path):
@@ -69,18 +70,13 @@ def read_any(path: str) -> tuple[CLIPConfig, dict]:
         run_dir = os.path.join(path, "checkpoints")
         return load_clipjax(run_dir if cf.is_clipjax_checkpoint(run_dir) else path)
     if fmt == "hf":
-        from clipjax.convert.hf_clip import load_hf_clip
-
         return load_hf_clip(path)
-    from clipjax.convert.openai_clip import load_openai
 
     return load_openai(path)
 
 
 def read_model(path: str):
     """`read_any`, and also a transformers CLIPSeg directory: (config, variables) of any model."""
-    from clipjax.convert.hf_clipseg import is_hf_clipseg_dir, load_hf_clipseg
-
     if os.path.isdir(path) and is_hf_clipseg_dir(path):
         return load_hf_clipseg(path)
     return read_any(path)

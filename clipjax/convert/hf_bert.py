@@ -29,6 +29,8 @@ import numpy as np
 from clipjax.variables import CheckpointError, flatten_variables, unflatten_variables
 from clipjax.convert.common import Constant, Rule, block_rules, expected_shapes, linear_rules, norm_rules, read_state_dict, torch_to_variables, variables_to_torch, write_state_dict
 from clipjax.models.config import TextConfig
+from clipjax.models.bert import BertEncoder
+from clipjax.models.captioning import CaptionDecoder
 
 BERT_BLOCK = dict(
     query="attention.self.query", key="attention.self.key", value="attention.self.value",
@@ -157,8 +159,6 @@ def bert_expected_shapes(cfg: TextConfig, jax_prefix: str = "params", embed_dim:
     """Variable shapes of a standalone BertEncoder, re-rooted at `jax_prefix`."""
     import jax.numpy as jnp
 
-    from clipjax.models.bert import BertEncoder
-
     shapes = expected_shapes(BertEncoder(cfg, embed_dim, encoder_width=encoder_width),
                              jnp.zeros((1, min(cfg.context_length, 8)), jnp.int32))
     return {jax_prefix + k[len("params"):]: v for k, v in shapes.items() if k.startswith("params/")}
@@ -257,8 +257,6 @@ def bert_lm_rules(cfg: TextConfig, jax_prefix: str = "params", torch_prefix: str
 def bert_lm_expected_shapes(cfg: TextConfig, jax_prefix: str = "params",
                             encoder_width: Optional[int] = None) -> dict[str, tuple]:
     import jax.numpy as jnp
-
-    from clipjax.models.captioning import CaptionDecoder
 
     shapes = expected_shapes(CaptionDecoder(cfg, encoder_width=encoder_width),
                              jnp.zeros((1, min(cfg.context_length, 8)), jnp.int32))

@@ -16,6 +16,10 @@ import numpy as np
 from clipjax.variables import CheckpointError
 from clipjax.convert.common import Rule, block_rules, hf_model_type, linear_rules, norm_rules, read_state_dict, torch_to_variables, variables_to_torch, write_state_dict
 from clipjax.models.config import CLIPConfig, TextConfig, VisionConfig
+from clipjax.convert.common import expected_shapes
+from clipjax.models.clip import CLIP
+from clipjax.preprocess import hf_image_processor
+from clipjax.tokenizer import clip_tokenizer
 
 HF_BLOCK = dict(query="self_attn.q_proj", key="self_attn.k_proj", value="self_attn.v_proj",
                 out="self_attn.out_proj", ln1="layer_norm1", ln2="layer_norm2", fc1="mlp.fc1", fc2="mlp.fc2")
@@ -115,9 +119,6 @@ def is_hf_clip_dir(path: str) -> bool:
 def expected_clip_shapes(cfg: CLIPConfig) -> dict[str, tuple]:
     import jax.numpy as jnp
 
-    from clipjax.convert.common import expected_shapes
-    from clipjax.models.clip import CLIP
-
     s = cfg.vision.image_size
     return expected_shapes(CLIP(cfg), jnp.zeros((1, s, s, 3)), jnp.zeros((1, cfg.text.context_length), jnp.int32))
 
@@ -149,9 +150,6 @@ def save_hf_clip(variables: dict, cfg: CLIPConfig, path: str, with_processor: bo
     HFConfig.from_dict(config_to_hf(cfg)).save_pretrained(path)
     write_state_dict(to_state_dict(variables, cfg), os.path.join(path, "model.safetensors"))
     if with_processor:
-        from clipjax.preprocess import hf_image_processor
-        from clipjax.tokenizer import clip_tokenizer
-
         tok = clip_tokenizer()
         tok.model_max_length = cfg.text.context_length
         tok.save_pretrained(path)

@@ -25,6 +25,10 @@ from clipjax.convert import hf_clip
 from clipjax.variables import CheckpointError
 from clipjax.convert.common import Rule, block_rules, hf_model_type, linear_rules, read_state_dict, torch_to_variables, variables_to_torch, write_state_dict
 from clipjax.models.clipseg import CLIPSegConfig
+from clipjax.convert.common import expected_shapes as module_shapes
+from clipjax.models.clipseg import CLIPSeg, init_inputs
+from clipjax.convert.openai_clip import save_openai
+from clipjax.models.clipseg import clip_variables
 
 HF_DECODER_BLOCK = hf_clip.HF_BLOCK
 ORIGINAL_BLOCK = dict(query="self_attn.in_proj_weight|self_attn.in_proj_bias#0/3",
@@ -55,10 +59,7 @@ def hf_rules(cfg: CLIPSegConfig) -> list[Rule]:
 
 
 def expected_shapes(cfg: CLIPSegConfig) -> dict:
-    from clipjax.convert.common import expected_shapes as shapes
-    from clipjax.models.clipseg import CLIPSeg, init_inputs
-
-    return shapes(CLIPSeg(cfg), **init_inputs(cfg))
+    return module_shapes(CLIPSeg(cfg), **init_inputs(cfg))
 
 
 # --------------------------------------------------------------------------- transformers
@@ -157,7 +158,4 @@ def save_original(variables: dict, cfg: CLIPSegConfig, path: str, clip_path: Opt
     dec = {"params": {"decoder": variables["params"]["decoder"]}}
     write_state_dict(variables_to_torch(dec, original_rules(cfg)), path)
     if clip_path:
-        from clipjax.convert.openai_clip import save_openai
-        from clipjax.models.clipseg import clip_variables
-
         save_openai(clip_variables(variables), cfg.clip, clip_path)

@@ -28,6 +28,7 @@ import numpy as np
 from clipjax.variables import CheckpointError, flatten_variables, unflatten_variables
 from clipjax.convert.common import Constant, Rule, block_rules, expected_shapes, linear_rules, norm_rules, read_state_dict, torch_to_variables, variables_to_torch, write_state_dict
 from clipjax.models.config import VisionConfig
+from clipjax.models.vit import VisionTransformer
 
 VIT_BLOCK_FILE = dict(
     query="attention.attention.query", key="attention.attention.key", value="attention.attention.value",
@@ -115,8 +116,6 @@ def vit_config_to_hf(cfg: VisionConfig) -> dict:
 
 def vit_expected_shapes(cfg: VisionConfig, jax_prefix: str = "params", embed_dim: Optional[int] = None) -> dict:
     import jax.numpy as jnp
-
-    from clipjax.models.vit import VisionTransformer
 
     s = cfg.image_size
     shapes = expected_shapes(VisionTransformer(cfg, embed_dim), jnp.zeros((1, s, s, 3)))

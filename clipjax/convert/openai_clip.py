@@ -43,6 +43,7 @@ import numpy as np
 from clipjax.variables import CheckpointError
 from clipjax.convert.common import Constant, Rule, block_rules, expected_shapes, linear_rules, norm_rules, read_state_dict, to_numpy, write_state_dict, torch_to_variables, variables_to_torch
 from clipjax.models.config import CLIPConfig, TextConfig, VisionConfig
+from clipjax.models.clip import CLIP
 
 OPENAI_BLOCK = dict(
     query="attn.in_proj_weight|attn.in_proj_bias#0/3",
@@ -273,8 +274,6 @@ def _as_numpy_sd(sd: dict) -> dict[str, np.ndarray]:
 
 def expected_clip_shapes(cfg: CLIPConfig) -> dict[str, tuple]:
     import jax.numpy as jnp
-
-    from clipjax.models.clip import CLIP
 
     s = cfg.vision.image_size
     return expected_shapes(CLIP(cfg), jnp.zeros((1, s, s, 3)), jnp.zeros((1, cfg.text.context_length), jnp.int32))

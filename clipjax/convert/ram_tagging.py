@@ -33,6 +33,7 @@ import numpy as np
 from clipjax.variables import CheckpointError, flatten_variables, unflatten_variables
 from clipjax.convert.common import Rule, block_rules, expected_shapes, linear_rules, torch_to_variables, variables_to_torch
 from clipjax.models.tagging import CONSTANTS, TaggingConfig
+from clipjax.models.tagging import TaggingHead
 
 TAGGING_LAYER = dict(
     cross_query="crossattention.self.query", cross_key="crossattention.self.key",
@@ -80,8 +81,6 @@ def tagging_expected_shapes(cfg: TaggingConfig, jax_prefix: str = "params") -> d
 @functools.lru_cache(maxsize=32)
 def _head_shapes(cfg: TaggingConfig, jax_prefix: str) -> tuple:
     import jax.numpy as jnp
-
-    from clipjax.models.tagging import TaggingHead
 
     shapes = expected_shapes(TaggingHead(cfg), jnp.zeros((1, 2, cfg.encoder_width), jnp.float32))
     out = {}

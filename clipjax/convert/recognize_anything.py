@@ -27,6 +27,9 @@ from clipjax.convert.hf_bert import _BUFFERS as BERT_BUFFERS
 from clipjax.convert.hf_bert import LM_TIED, bert_lm_rules, bert_rules, drop_lm_copies
 from clipjax.convert.ram_tagging import tagging_rules
 from clipjax.models.tag2text import Tag2Text, Tag2TextConfig, init_inputs, tie_tag_encoder
+from clipjax.convert.swin import swin_rules
+from clipjax.convert.common import to_torch
+from clipjax.convert.common import to_numpy
 
 BLIP_VIT_BLOCK = dict(
     query="attn.qkv.weight|attn.qkv.bias#0/3", key="attn.qkv.weight|attn.qkv.bias#1/3",
@@ -43,8 +46,6 @@ def _vision_rules(cfg: Tag2TextConfig):
         raise ValueError("the recognize-anything layout has no ModifiedResNet image tower: a Tag2Text / RAM "
                          "model with vision_kind 'resnet' stays a clipjax checkpoint")
     if cfg.vision_kind == "swin":
-        from clipjax.convert.swin import swin_rules
-
         return swin_rules(cfg.swin_config, "original", j, t)
     v = cfg.vision
     n = v.num_patches + 1
@@ -129,8 +130,6 @@ def save_ram_checkpoint(variables: dict, cfg: Tag2TextConfig, path: str) -> None
     """Write a torch.save file {"model": state dict} as the release's loader reads it."""
     import torch
 
-    from clipjax.convert.common import to_torch
-
     sd = ram_to_state_dict(variables, cfg)
     torch.save({"model": {k: to_torch(v) for k, v in sd.items()}}, path)
 
@@ -138,8 +137,6 @@ def save_ram_checkpoint(variables: dict, cfg: Tag2TextConfig, path: str) -> None
 def load_ram_checkpoint(path: str, cfg: Tag2TextConfig) -> dict:
     """Read a recognize-anything .pth (weights only; pickled code is refused)."""
     import torch
-
-    from clipjax.convert.common import to_numpy
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

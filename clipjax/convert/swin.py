@@ -33,6 +33,7 @@ import numpy as np
 from clipjax.variables import CheckpointError, flatten_variables, unflatten_variables
 from clipjax.convert.common import Constant, Rule, expected_shapes, linear_rules, norm_rules, torch_to_variables, variables_to_torch
 from clipjax.models.swin import SwinConfig, relative_position_index, shift_attention_mask
+from clipjax.models.swin import SwinTransformer
 
 LAYOUTS = ("hf", "hf_native", "original")
 DEFAULT_TORCH_PREFIX = {"hf": "", "hf_native": "", "original": "visual_encoder."}
@@ -123,8 +124,6 @@ def swin_rules(cfg: SwinConfig, layout: str = "hf", jax_prefix: str = "params",
 
 def swin_expected_shapes(cfg: SwinConfig, jax_prefix: str = "params") -> dict:
     import jax.numpy as jnp
-
-    from clipjax.models.swin import SwinTransformer
 
     shapes = expected_shapes(SwinTransformer(cfg), jnp.zeros((1, cfg.image_size, cfg.image_size, cfg.in_chans)))
     return {jax_prefix + k[len("params"):]: v for k, v in shapes.items() if k.startswith("params/")}

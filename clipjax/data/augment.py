@@ -25,7 +25,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from clipjax.preprocess import CLIP_MEAN, CLIP_STD
+from clipjax.preprocess import CLIP_MEAN, CLIP_STD, preprocess_images
 
 DEFAULT_SCALE = (0.9, 1.0)  # open_clip's default RandomResizedCrop scale for CLIP training
 DEFAULT_RATIO = (3.0 / 4.0, 4.0 / 3.0)
@@ -124,8 +124,6 @@ def train_transform(image: tf.Tensor, seed, image_size: int, scale=DEFAULT_SCALE
 def eval_transform(image: tf.Tensor, image_size: int) -> tf.Tensor:
     """uint8 (H, W, C) -> float32 (image_size, image_size, 3) through
     `clipjax.preprocess.preprocess_images` (PIL; identical to inference preprocessing)."""
-    from clipjax.preprocess import preprocess_images
-
     def fn(arr):
         arr = np.asarray(arr)
         if arr.ndim == 3 and arr.shape[-1] == 1:

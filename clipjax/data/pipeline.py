@@ -15,8 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from clipjax import sharding as shd
+from clipjax.data import augment
 from clipjax.data.catalog import dataset_from_config
+from clipjax.data.collection import ImageTextCollection
 from clipjax.preprocess import CLIP_MEAN, CLIP_STD
+from clipjax.tokenizer import make_text_tokenizer
 
 
 def process_rows(sharding, batch_size: int) -> tuple[int, int]:
@@ -154,8 +157,6 @@ class TFDataTrainData(GlobalBatches):
     """
 
     def __init__(self, data_config, batch_size: int, cfg, mesh, rules, position: int = 0):
-        from clipjax.tokenizer import make_text_tokenizer
-
         super().__init__(batch_size, position, [shd.batch_sharding(mesh, 4, rules), shd.batch_sharding(mesh, 2, rules)])
         if process_rows(self.shardings[1], self.batch_size) != self.rows:
             raise ValueError("image and text batches are sharded differently")
@@ -178,8 +179,6 @@ class TFDataTrainData(GlobalBatches):
 
         name = d.name
         if name == "collection":
-            from clipjax.data.collection import ImageTextCollection
-
             if not d.get("source"):
                 raise ValueError('config.data.source is required for data.name="collection"')
             self.collection = ImageTextCollection(d.source, **dict(d.get("collection_kwargs", None) or {}))
@@ -198,8 +197,6 @@ class TFDataTrainData(GlobalBatches):
 
     def _build(self, d):
         import tensorflow as tf
-
-        from clipjax.data import augment
 
         ds, image_key, caption_key, decoded = self._source(d)
         seed, size, scale = self.seed, self.image_size, self.scale

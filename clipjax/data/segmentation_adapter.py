@@ -29,6 +29,8 @@ import os
 from typing import Optional
 
 import numpy as np
+from clipjax.data.augment import example_seed, to_rgb
+from clipjax.data.object_crops import crop_keeping, visual_prompt
 
 MODES = ("foreground", "classes")
 
@@ -87,9 +89,6 @@ class SegmentationAdapter:
         """tf: one example -> (image 0-255 float (S,S,3), prompt, mask (S,S), visual prompt
         0-255 float (S,S,3), alpha), as clipjax.data.segmentation.segmentation_example."""
         import tensorflow as tf
-
-        from clipjax.data.augment import example_seed, to_rgb
-        from clipjax.data.object_crops import crop_keeping, visual_prompt
 
         image = to_rgb(ex["image"])
         raw = tf.cast(ex[self.mask_key], tf.int32)

@@ -18,10 +18,12 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
-from clipjax.tokenizer import TagTextTokenizer, tag_strings
-from clipjax.inference.generation import GenerationConfig, expand_for_beams, generate
+from clipjax.convert.formats import read_any
+from clipjax.inference.generation import expand_for_beams, generate, GenerationConfig
 from clipjax.models.tag2text import Tag2Text, Tag2TextConfig, tie_tag_encoder
 from clipjax.models.tagging import load_tag_list, load_thresholds
+from clipjax.preprocess import preprocess_images
+from clipjax.tokenizer import tag_strings, TagTextTokenizer
 
 ASSET_DIR = "tag2text"  # inside a training workdir
 
@@ -59,8 +61,6 @@ class LoadedTag2Text:
     def from_run(cls, workdir: str, cfg=None, variables=None, **kw):
         """A training workdir (or its checkpoints): the model plus its vocab / tag list."""
         if cfg is None:
-            from clipjax.convert.formats import read_any
-
             cfg, variables = read_any(workdir)
         if not isinstance(cfg, Tag2TextConfig):
             raise ValueError(f"{workdir} is not a Tag2Text / RAM checkpoint")
@@ -79,8 +79,6 @@ class LoadedTag2Text:
     def preprocess(self, images) -> np.ndarray:
         """Paths, PIL images or uint8 arrays -> (B, S, S, 3) CLIP-normalised (clipjax.load's
         preprocessing: bicubic resize of the short side, centre crop)."""
-        from clipjax.preprocess import preprocess_images
-
         return preprocess_images(images, self.cfg.image_size)
 
     def image_tokens(self, images):

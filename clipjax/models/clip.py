@@ -5,8 +5,12 @@ from __future__ import annotations
 import jax.numpy as jnp
 import flax.linen as nn
 
+from clipjax.models.bert import BertEncoder
 from clipjax.models.config import CLIPConfig
 from clipjax.models.layers import dtype_of, logical
+from clipjax.models.resnet import ModifiedResNet
+from clipjax.models.text import CausalTextTransformer
+from clipjax.models.vit import VisionTransformer
 
 
 def l2_normalize(x, eps: float = 0.0):
@@ -19,13 +23,9 @@ def build_image_tower(cfg: CLIPConfig, name="visual", embed_dim="default"):
     embed_dim = cfg.embed_dim if embed_dim == "default" else embed_dim
     common = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name)
     if cfg.vision.kind == "vit":
-        from clipjax.models.vit import VisionTransformer
-
         return VisionTransformer(cfg.vision, embed_dim, remat_policy=cfg.remat_policy,
                                  attention_impl=cfg.attention_impl, **common)
     if cfg.vision.kind == "resnet":
-        from clipjax.models.resnet import ModifiedResNet
-
         return ModifiedResNet(cfg.vision, embed_dim, **common)
     raise ValueError(f"Unknown vision tower kind {cfg.vision.kind!r} (expected 'vit' or 'resnet')")
 
@@ -35,12 +35,8 @@ def build_text_tower(cfg: CLIPConfig, name="text", embed_dim="default"):
     common = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, remat_policy=cfg.remat_policy,
                   attention_impl=cfg.attention_impl, name=name)
     if cfg.text.kind == "causal":
-        from clipjax.models.text import CausalTextTransformer
-
         return CausalTextTransformer(cfg.text, embed_dim, **common)
     if cfg.text.kind in ("bert", "distilbert"):
-        from clipjax.models.bert import BertEncoder
-
         return BertEncoder(cfg.text, embed_dim, **common)
     raise ValueError(f"Unknown text tower kind {cfg.text.kind!r} (expected 'causal', 'bert' or 'distilbert')")
 

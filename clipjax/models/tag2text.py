@@ -45,13 +45,16 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from clipjax.models.alignment import itc_similarities, itm_pairs, sample_hard_negatives, TEMP_INIT, TEMP_RANGE
 from clipjax.models.bert import BertEncoder
 from clipjax.models.captioning import CaptionDecoder
-from clipjax.models.config import DictConfig, TextConfig, VisionConfig
 from clipjax.models.clip import l2_normalize
+from clipjax.models.config import DictConfig, TextConfig, VisionConfig
 from clipjax.models.layers import dense, dtype_of
-from clipjax.models.tagging import TaggingConfig, TaggingHead
-from clipjax.models.alignment import TEMP_INIT, TEMP_RANGE, itc_similarities, itm_pairs, sample_hard_negatives
+from clipjax.models.resnet import ModifiedResNet
+from clipjax.models.swin import swin_b_384, swin_l_384, SwinConfig, SwinTransformer
+from clipjax.models.tagging import ram_tagging_config, tag2text_tagging_config, TaggingConfig, TaggingHead
+from clipjax.models.vit import VisionTransformer
 
 VARIANTS = ("tag2text", "ram")
 VISION_KINDS = ("vit", "swin", "resnet")
@@ -116,8 +119,6 @@ class Tag2TextConfig(DictConfig):
 
     @property
     def swin_config(self):
-        from clipjax.models.swin import SwinConfig
-
         return SwinConfig.from_dict(self.swin)
 
     @property
@@ -155,16 +156,10 @@ class Tag2Text(nn.Module):
         rt = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, remat_policy=cfg.remat_policy,
                   attention_impl=cfg.attention_impl)
         if cfg.vision_kind == "swin":
-            from clipjax.models.swin import SwinTransformer
-
             self.visual_encoder = SwinTransformer(cfg.swin_config, **rt)
         elif cfg.vision_kind == "resnet":
-            from clipjax.models.resnet import ModifiedResNet
-
             self.visual_encoder = ModifiedResNet(cfg.vision, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
         else:
-            from clipjax.models.vit import VisionTransformer
-
             self.visual_encoder = VisionTransformer(cfg.vision, norm_all_tokens=True, **rt)
         if cfg.image_proj_dim:
             self.image_proj = dense(cfg.image_proj_dim, ("embed", "proj"), dtype_of(cfg.dtype),
@@ -312,9 +307,6 @@ def released_config(name: str) -> Tag2TextConfig:
     bert-base-uncased + [DEC] / [ENC]): "tag2text_swin_14m", "ram_swin_large_14m",
     "ram_plus_swin_large_14m". Load the weights with
     clipjax.convert.recognize_anything.load_ram_checkpoint(path, released_config(name))."""
-    from clipjax.models.swin import swin_b_384, swin_l_384
-    from clipjax.models.tagging import ram_tagging_config, tag2text_tagging_config
-
     if name == "tag2text_swin_14m":
         swin = swin_b_384()
         return Tag2TextConfig(variant="tag2text", vision_kind="swin", swin=swin.to_dict(),

@@ -43,6 +43,8 @@ import jax
 import jax.numpy as jnp
 
 from clipjax.losses.contrastive import BATCH_AXES, contrastive_loss
+from clipjax.models.clip import CLIP
+from clipjax.tokenizer import text_attention_mask
 
 EmbedFn = Callable[[Any, Any, Any], Any]  # (params, micro_batch, rng_or_None) -> embeddings
 LossFn = Callable[[Any, Any, Any], jax.Array]  # (params, image_embeds, text_embeds) -> scalar
@@ -133,9 +135,6 @@ def clip_embed_fns(model, other_variables=None, train: bool = True):
     as constants. Text inputs are an `ids` array or a dict {"ids", "attention_mask"}.
     Raises ValueError for BatchNorm towers in training mode (see the module docstring).
     """
-    from clipjax.models.clip import CLIP
-    from clipjax.tokenizer import text_attention_mask
-
     other = dict(other_variables or {})
     if train and "batch_stats" in other:
         raise ValueError(

@@ -19,8 +19,8 @@ import jax
 import flax.linen as nn
 
 from clipjax import sharding as shd
-from clipjax.train import checkpoints as ckpt
-from clipjax.train import metrics as tm
+from clipjax.train import checkpoints as ckpt, metrics as tm
+from clipjax.train.distributed import maybe_initialize_distributed
 from clipjax.train.state import create_state, make_guarded_step
 
 log = logging.getLogger("clipjax.train")
@@ -92,8 +92,6 @@ def train(config, workdir: str, make_task, devices=None, task_problems=None) -> 
     """Run (or resume) training of the Task `make_task(config, mesh, rules, workdir)` returns;
     returns the final metrics. `devices` (default: all) is the device list the mesh is built
     from; `task_problems(config)` lists what is wrong with the task's own keys."""
-    from clipjax.train.distributed import maybe_initialize_distributed
-
     check_config(config, task_problems)
     maybe_initialize_distributed(config)  # before anything touches a device
     os.makedirs(workdir, exist_ok=True)
