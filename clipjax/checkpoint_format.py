@@ -16,10 +16,12 @@ from typing import Optional
 import jax
 import numpy as np
 
+from clipjax.checksums import host_tree_checksums, mismatches
 from clipjax.variables import CheckpointError
 
 MODEL_ITEM = "model"
 CONFIG_ITEM = "model_config"
+CHECKSUM_ITEM = "checksums"  # {item: {leaf path: [plain, weighted]}}, written by training (clipjax.checksums)
 
 
 def _ocp():
@@ -35,16 +37,28 @@ def is_clipjax_checkpoint(path: str) -> bool:
     return latest_step(path) is not None
 
 
-def latest_step(path: str) -> Optional[int]:
+def model_steps(path: str) -> list[int]:
+    """Finished steps holding a model config, newest first (what clipjax.load may read)."""
     ocp = _ocp()
     try:
         steps = ocp.CheckpointManager(os.path.abspath(path)).all_steps()
     except Exception:
-        return None
-    for step in sorted(steps, reverse=True):  # only finalised steps are listed by Orbax
-        if os.path.isdir(os.path.join(path, str(step), CONFIG_ITEM)):
-            return step
-    return None
+        return []
+    # only finalised steps are listed by Orbax
+    return [s for s in sorted(steps, reverse=True) if os.path.isdir(os.path.join(path, str(s), CONFIG_ITEM))]
+
+
+def latest_step(path: str) -> Optional[int]:
+    steps = model_steps(path)
+    return steps[0] if steps else None
+
+
+def array_metadata(path: str, step: int, item: str = MODEL_ITEM):
+    """The stored tree of array metadata (shape, dtype, ...) of `item` at `step`, read from the
+    item's own files (a bare CheckpointManager knows no handler for it and answers None)."""
+    ocp = _ocp()
+    meta = ocp.StandardCheckpointer().metadata(os.path.join(os.path.abspath(path), str(step), item))
+    return getattr(meta, "item_metadata", meta)
 
 
 def save_model(path: str, variables: dict, config_dict: dict, step: int = 0) -> None:
@@ -81,12 +95,22 @@ def read_variables(path: str, step: int, shardings=None) -> dict:
             # Restore onto this process's first device whatever mesh wrote it (a checkpoint
             # of a multi-process run included); np.zeros targets would pin the saved topology.
             device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-            meta = mngr.item_metadata(step)[MODEL_ITEM]
+            meta = array_metadata(path, step)
             target = jax.tree_util.tree_map(
                 lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta,
                 is_leaf=lambda m: hasattr(m, "shape"))
             restore = ocp.args.StandardRestore(target)
         else:
             restore = ocp.args.StandardRestore(shardings)
-        variables = mngr.restore(step, args=ocp.args.Composite(**{MODEL_ITEM: restore}))[MODEL_ITEM]
-    return dict(variables)
+        items = {MODEL_ITEM: restore}
+        if os.path.isdir(os.path.join(path, str(step), CHECKSUM_ITEM)):
+            items[CHECKSUM_ITEM] = ocp.args.JsonRestore()
+        got = mngr.restore(step, args=ocp.args.Composite(**items))
+    variables = dict(got[MODEL_ITEM])
+    if CHECKSUM_ITEM in items:  # written by training; a converted checkpoint has none
+        stored = got[CHECKSUM_ITEM].get(MODEL_ITEM, {})
+        bad = mismatches(stored, host_tree_checksums(jax.device_get(variables)))
+        if bad:
+            raise CheckpointError(f"{path} step {step}: checksums differ (corrupted data) in {len(bad)} arrays: "
+                                  + ", ".join(bad[:6]))
+    return variables

@@ -14,6 +14,15 @@ class CheckpointError(ValueError):
     """A checkpoint that does not fit the model or layout it was read as."""
 
 
+def short_error(e: BaseException) -> str:
+    """One line of an exception: TensorStore's errors carry a long JSON spec after the reason."""
+    text = " ".join(str(e).split())
+    for cut in (" [source locations=", " tensorstore_spec=", ' {"'):
+        if cut in text:
+            text = text.split(cut)[0]
+    return f"{type(e).__name__}: {text[:300]}"
+
+
 def flatten_variables(tree, prefix: str = "") -> dict[str, object]:
     out = {}
     for k, v in tree.items():

@@ -9,6 +9,7 @@ read through it.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Optional
 
@@ -19,7 +20,9 @@ from clipjax.convert.hf_clipseg import is_hf_clipseg_dir, load_hf_clipseg
 from clipjax.convert.openai_clip import load_openai
 from clipjax.models.config import CLIPConfig
 from clipjax.models.registry import config_from_dict
-from clipjax.variables import CheckpointError
+from clipjax.variables import CheckpointError, short_error
+
+log = logging.getLogger("clipjax")
 
 
 def save_clipjax(path: str, variables: dict, cfg, step: int = 0) -> None:
@@ -37,11 +40,24 @@ def load_config(path: str, step: Optional[int] = None):
 
 
 def load_clipjax(path: str, step: Optional[int] = None, shardings=None) -> tuple[CLIPConfig, dict]:
-    """Latest (or given) step -> (config, variables). `shardings`, a pytree of
-    jax.sharding.Sharding matching the variables, restores straight onto a mesh."""
-    step = cf.latest_step(os.path.abspath(path)) if step is None else step
-    cfg = load_config(path, step)
-    return cfg, cf.read_variables(path, step, shardings)
+    """The given step, or the newest one that reads back intact (the step a training run would
+    resume from: unreadable steps and steps whose checksums disagree are passed over with one
+    line each) -> (config, variables). `shardings`, a pytree of jax.sharding.Sharding matching
+    the variables, restores straight onto a mesh."""
+    if step is not None:
+        return load_config(path, step), cf.read_variables(path, step, shardings)
+    steps = cf.model_steps(os.path.abspath(path))
+    if not steps:
+        raise CheckpointError(f"{os.path.abspath(path)} holds no finished clipjax checkpoint")
+    reasons = []
+    for s in steps:
+        try:
+            return load_config(path, s), cf.read_variables(path, s, shardings)
+        except Exception as e:  # noqa: BLE001 - a damaged step: the one before, said in one line
+            reason = str(e) if isinstance(e, CheckpointError) else short_error(e)
+            log.warning("checkpoint step %d of %s cannot be read (%s); trying an older one", s, path, reason)
+            reasons.append(f"step {s}: {reason}")
+    raise CheckpointError(f"no step of {os.path.abspath(path)} can be read:\n  " + "\n  ".join(reasons))
 
 
 def detect_format(path: str) -> str:

@@ -27,7 +27,9 @@ def validate_config(config) -> None:
     loop.check_config(config, getattr(task_module(config), "config_problems", None))
 
 
-def train(config, workdir: str, devices=None) -> dict:
-    """Train (or resume) the task config.task names in `workdir`; the final metrics."""
+def train(config, workdir: str, devices=None, fresh_start: bool = False) -> dict:
+    """Train (or resume) the task config.task names in `workdir`; the final metrics.
+    `fresh_start`: see clipjax.train.loop.train."""
     module = task_module(config)
-    return loop.train(config, workdir, module.make_task, devices, getattr(module, "config_problems", None))
+    return loop.train(config, workdir, module.make_task, devices, getattr(module, "config_problems", None),
+                      fresh_start)

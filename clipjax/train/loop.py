@@ -75,6 +75,10 @@ def config_problems(config) -> list[str]:
     for key in ("total_steps", "batch_size", "log_every"):
         if int(config.get(key, 0) or 0) <= 0:
             problems.append(f"{key} must be a positive integer (got {config.get(key)!r})")
+    keep = config.get("keep_checkpoints", 1)
+    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+        problems.append(f"keep_checkpoints must be an integer >= 1: the newest checkpoint is always kept "
+                        f"(got {keep!r})")
     if config.get("init_parts") and not config.get("init_from"):
         problems.append("config.init_parts is set but config.init_from is empty: give the pretrained checkpoint")
     return problems
@@ -88,10 +92,12 @@ def check_config(config, task_problems=None) -> None:
         raise ValueError("bad training config:\n  " + "\n  ".join(problems))
 
 
-def train(config, workdir: str, make_task, devices=None, task_problems=None) -> dict:
+def train(config, workdir: str, make_task, devices=None, task_problems=None, fresh_start: bool = False) -> dict:
     """Run (or resume) training of the Task `make_task(config, mesh, rules, workdir)` returns;
     returns the final metrics. `devices` (default: all) is the device list the mesh is built
-    from; `task_problems(config)` lists what is wrong with the task's own keys."""
+    from; `task_problems(config)` lists what is wrong with the task's own keys. When the
+    workdir holds checkpoints of which none restores, training stops (CheckpointError) unless
+    `fresh_start`, which moves them aside and starts from scratch."""
     check_config(config, task_problems)
     maybe_initialize_distributed(config)  # before anything touches a device
     os.makedirs(workdir, exist_ok=True)
@@ -102,8 +108,17 @@ def train(config, workdir: str, make_task, devices=None, task_problems=None) -> 
     cfg = task.cfg
     state, tx, schedule = create_state(task.model, config, mesh, rules, task.dummy_inputs, task.post_init)
     mngr = ckpt.checkpoint_manager(workdir, config)
-    state, position = ckpt.restore(mngr, state)
+    try:
+        state, position = ckpt.restore(mngr, state, fresh_start)
+    except BaseException:
+        mngr.close()
+        raise
     start = int(state.step)
+    if start >= config.total_steps:
+        mngr.close()
+        log.info("this run already finished: step %d of config.total_steps=%d; nothing to train (raise "
+                 "--config.total_steps to train further)", start, config.total_steps)
+        return {"step": start, "finished": True}
     if start:
         log.info("resumed from step %d", start)
 
@@ -122,11 +137,10 @@ def train(config, workdir: str, make_task, devices=None, task_problems=None) -> 
     def check(metrics):
         bad = int(metrics["nonfinite"])
         if bad:
-            good = ckpt.committed_steps(mngr) if jax.process_index() == 0 else []
             raise NonFiniteLossError(
                 f"loss or gradient is not finite (NaN/Inf) at step {bad}: stopping without saving it. "
-                f"The last good checkpoint (step {good[0] if good else None}) in "
-                f"{ckpt.checkpoint_dir(workdir)} is intact; lower optimizer.lr or check the data.")
+                f"The last good checkpoint is intact: {ckpt.resume_point(mngr)}; lower optimizer.lr or check "
+                "the data.")
 
     sigs = (signal.SIGTERM, signal.SIGINT) if jax.process_count() == 1 else (signal.SIGINT,)
     try:
