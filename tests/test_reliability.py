@@ -183,3 +183,106 @@ def test_checksums_of_sharded_arrays_match_the_host_and_gather_nothing():
     flipped = {**tree, "w": tree["w"].copy()}
     flipped["w"].view(np.uint32)[3, 4] ^= 1 << 7
     assert cs.mismatches(cs.host_tree_checksums(tree), cs.host_tree_checksums(flipped)) == ["['w']"]
+
+
+# ---------------------------------------------------------------------------- hostile collections
+_HOSTILE = r'''
+import json, os, resource, sys, time
+from clipjax.data.collection import ImageTextCollection
+src, max_bytes = sys.argv[1], int(sys.argv[2])
+coll = ImageTextCollection(src, max_bytes=max_bytes)
+t0 = time.time()
+n = sum(1 for _ in coll)
+print(json.dumps(dict(examples=n, counts=coll.counts.as_dict(), seconds=time.time() - t0,
+                      peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+'''
+
+
+def _png(path, size=8):
+    from PIL import Image
+
+    Image.fromarray(np.full((size, size, 3), 200, np.uint8)).save(path)
+
+
+def _hostile_run(src, max_bytes=2**20):
+    import json
+
+    r = subprocess.run([sys.executable, "-c", _HOSTILE, str(src), str(max_bytes)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)  # a FIFO that blocked would time out here
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_a_collection_of_devices_fifos_and_huge_files_stays_small_and_finishes(tmp_path):
+    _png(tmp_path / "ok.png")
+    os.mkfifo(tmp_path / "fifo.png")
+    with open(tmp_path / "huge.png", "wb") as f:  # 3 GiB, sparse: costs no disk, would cost 3 GiB read
+        f.truncate(3 * 2**30)
+    rows = ["filepath,title", "ok.png,a fine image", "/dev/zero,endless", "fifo.png,blocks forever",
+            "huge.png,too big", "ok.png,the same image again"]
+    (tmp_path / "index.csv").write_text("\n".join(rows) + "\n")
+    out = _hostile_run(tmp_path / "index.csv")
+    assert out["examples"] == 2
+    assert out["counts"]["skipped_not_a_file"] == 2 and out["counts"]["skipped_too_large"] == 1
+    assert out["peak_rss_mb"] < 600, out  # python + numpy + PIL + jax import; never the 3 GiB
+
+
+def test_a_huge_member_in_a_small_tar_gz_is_skipped_unread(tmp_path):
+    import io
+    import tarfile
+
+    path = tmp_path / "shard.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for key, size in (("000000", None), ("000001", 512 * 2**20)):  # 512 MiB of zeros: ~0.5 MB gzipped
+            data = io.BytesIO()
+            if size is None:
+                from PIL import Image
+
+                Image.fromarray(np.full((8, 8, 3), 9, np.uint8)).save(data, format="PNG")
+                payload = data.getvalue()
+                info = tarfile.TarInfo(f"{key}.png")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+            else:
+                info = tarfile.TarInfo(f"{key}.png")
+                info.size = size
+
+                class Zeros(io.RawIOBase):
+                    left = size
+
+                    def readable(self):
+                        return True
+
+                    def readinto(self, b):
+                        n = min(len(b), self.left)
+                        b[:n] = bytes(n)
+                        self.left -= n
+                        return n
+
+                tar.addfile(info, io.BufferedReader(Zeros(), 2**20))
+            cap = tarfile.TarInfo(f"{key}.txt")
+            cap.size = 5
+            tar.addfile(cap, io.BytesIO(b"shape"))
+    assert os.path.getsize(path) < 8 * 2**20
+    out = _hostile_run(path)
+    assert out["examples"] == 1 and out["counts"]["skipped_too_large"] == 1
+    assert out["peak_rss_mb"] < 600, out
+
+
+def test_each_bad_row_is_counted_once_over_epochs_and_captions_keep_their_words(tmp_path):
+    import json
+
+    from clipjax.data.collection import ImageTextCollection
+
+    _png(tmp_path / "ok.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    rows = [{"filepath": "ok.png", "title": "a\x00red circle"}, {"filepath": "bad.png", "title": "broken"},
+            {"filepath": "ok.png", "title": ["a", "list"]}, {"filepath": "ok.png", "title": {"a": 1}},
+            {"filepath": "missing.png", "title": "gone"}]
+    (tmp_path / "index.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    coll = ImageTextCollection(str(tmp_path / "index.jsonl"))
+    seen = [ex["caption"] for _ in range(5) for ex in coll]
+    assert seen == ["a red circle"] * 5  # NUL became a space; list / dict titles are not text
+    c = coll.counts
+    assert (c.skipped_corrupt, c.skipped_bad_record, c.skipped_missing) == (1, 2, 1)  # once each, not per epoch
+    assert c.decoded == 5

@@ -23,6 +23,10 @@ Tar shards (`glob` of .tar files, webdataset layout): members grouped by key (th
 Each example: {"image": uint8 (H, W, 3), "caption": str, "tags": list[str], "key": str}.
 A collection with no usable example raises NoUsableExamplesError when it is opened
 (validate=True scans until the first usable example).
+
+Hostile files stay cheap: only regular files are opened and files or tar members over
+`max_bytes` are skipped unread (clipjax.data.images.read_file); an example that was skipped
+once is counted once and not read again in later epochs.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import numpy as np
 
 from clipjax.data.images import (
     DEFAULT_MAX_CAPTION_CHARS,
+    MAX_FILE_BYTES,
     Counts,
     NoUsableExamplesError,
     clean_caption,
@@ -48,6 +53,7 @@ from clipjax.data.images import (
     read_file,
 )
 
+_TOO_LARGE = object()  # stands for a tar member over max_bytes, never read
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 INDEX_EXTS = (".csv", ".tsv", ".jsonl", ".json", ".ndjson")
 TAR_EXTS = (".tar", ".tar.gz", ".tgz")
@@ -89,7 +95,8 @@ class ImageTextCollection:
     def __init__(self, source, *, image_key: str = "filepath", caption_key: str = "title",
                  tags_key: str | None = "tags", image_root: str | None = None,
                  delimiter: str | None = None, max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS,
-                 shard_index: int = 0, num_shards: int = 1, validate: bool = True):
+                 shard_index: int = 0, num_shards: int = 1, validate: bool = True,
+                 max_bytes: int = MAX_FILE_BYTES):
         self.paths = _expand(source)
         kinds = {_kind(p) for p in self.paths}
         if "tar" in kinds and len(kinds) > 1:
@@ -102,7 +109,9 @@ class ImageTextCollection:
         if not 0 <= shard_index < num_shards:
             raise ValueError(f"shard_index {shard_index} not in [0, {num_shards})")
         self.shard_index, self.num_shards = int(shard_index), int(num_shards)
+        self.max_bytes = int(max_bytes)
         self.counts = Counts()
+        self._skipped: set[str] = set()  # keys of examples skipped (and counted) once already
         if not self.is_tar:
             for p in self.paths:
                 self._check_columns(p)
@@ -137,15 +146,26 @@ class ImageTextCollection:
 
     # ------------------------------------------------------------------ internals
     def _examples(self, counts: Counts) -> Iterator[dict]:
+        """Usable examples; with the collection's own counts, each skipped example is counted
+        the first time and passed over unread after that (a probe's counts see everything)."""
+        skipped = self._skipped if counts is self.counts else set()
+        for key, ex in self._candidates(counts, skipped):
+            if ex is None:
+                skipped.add(key)
+            else:
+                yield ex
+
+    def _candidates(self, counts: Counts, skipped: set) -> Iterator[tuple[str, dict | None]]:
+        """(key, example or None when skipped) for every example of this shard not in `skipped`."""
         if self.is_tar:
             per_shard = len(self.paths) >= self.num_shards
             for i, path in enumerate(self.paths):
                 if per_shard and i % self.num_shards != self.shard_index:
                     continue
-                yield from self._tar_examples(path, counts, not per_shard)
+                yield from self._tar_examples(path, counts, not per_shard, skipped)
         else:
             for path in self.paths:
-                yield from self._index_examples(path, counts)
+                yield from self._index_examples(path, counts, skipped)
 
     def _mine(self, n: int, per_example: bool = True) -> bool:
         return not per_example or n % self.num_shards == self.shard_index
@@ -191,55 +211,64 @@ class ImageTextCollection:
                                  "Set image_key= / caption_key= to the names used.")
             return
 
-    def _index_examples(self, path: str, counts: Counts):
+    def _index_examples(self, path: str, counts: Counts, skipped: set):
         root = self.image_root or os.path.dirname(os.path.abspath(path))
         for n, row in enumerate(self._rows(path)):
-            if not self._mine(n):
+            key = f"{path}:{n}"
+            if not self._mine(n) or key in skipped:
                 continue
-            if row is None:
-                counts.skipped_bad_record += 1
-                continue
-            rel = row.get(self.image_key)
-            if not isinstance(rel, str) or not rel.strip():
-                counts.skipped_missing += 1
-                continue
-            rel = rel.strip()
+            yield key, self._index_example(key, row, root, counts)
+
+    def _index_example(self, key: str, row, root: str, counts: Counts):
+        if row is None:
+            counts.skipped_bad_record += 1
+            return None
+        rel = row.get(self.image_key)
+        if not isinstance(rel, str) or not rel.strip():
+            counts.skipped_missing += 1
+            return None
+        rel = rel.strip()
+        try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:
+            rel = rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        img_path = rel if os.path.isabs(rel) else os.path.join(root, rel)
+        raw_caption = row.get(self.caption_key)
+        if isinstance(raw_caption, (list, dict)):  # JSON structure where a caption belongs: not text
+            counts.skipped_bad_record += 1
+            return None
+        if raw_caption is not None and not isinstance(raw_caption, (str, bytes)):
+            raw_caption = str(raw_caption)  # a number
+        raw_tags = row.get(self.tags_key) if self.tags_key else None
+        if isinstance(raw_tags, str) and raw_tags.strip().startswith("["):
             try:
-                rel.encode("utf-8")
-            except UnicodeEncodeError:
-                rel = rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-            img_path = rel if os.path.isabs(rel) else os.path.join(root, rel)
-            raw_caption = row.get(self.caption_key)
-            if raw_caption is not None and not isinstance(raw_caption, (str, bytes)):
-                raw_caption = str(raw_caption)
-            raw_tags = row.get(self.tags_key) if self.tags_key else None
-            if isinstance(raw_tags, str) and raw_tags.strip().startswith("["):
-                try:
-                    raw_tags = json.loads(raw_tags)
-                except ValueError:
-                    pass
-            # Skip an empty caption before touching the image file.
-            if clean_caption(raw_caption, Counts(), self.max_caption_chars) is None:
-                counts.skipped_empty_caption += 1
-                continue
-            data = read_file(img_path, counts)  # counts skipped_missing when absent/unreadable
-            if data is None:
-                continue
-            ex = self._make(f"{path}:{n}", data, raw_caption, raw_tags, counts)
-            if ex is not None:
-                yield ex
+                raw_tags = json.loads(raw_tags)
+            except ValueError:
+                pass
+        # Skip an empty caption before touching the image file.
+        if clean_caption(raw_caption, Counts(), self.max_caption_chars) is None:
+            counts.skipped_empty_caption += 1
+            return None
+        data = read_file(img_path, counts, self.max_bytes)  # counted when missing, not a file, too large
+        if data is None:
+            return None
+        return self._make(key, data, raw_caption, raw_tags, counts)
 
     # tar shards --------------------------------------------------------------------------
-    def _tar_examples(self, path: str, counts: Counts, per_example: bool):
+    def _tar_examples(self, path: str, counts: Counts, per_example: bool, skipped: set):
         group_key, group, n = None, {}, 0
 
         def flush():
+            """(key, example or None) of the group just read, or None when not this shard's."""
             nonlocal n
             if group_key is None:
                 return None
             mine = self._mine(n, per_example)
             n += 1
-            return self._tar_group(path, group_key, group, counts) if mine else None
+            key = f"{path}:{group_key}"
+            if not mine or key in skipped:
+                return None
+            return key, self._tar_group(path, group_key, group, counts)
 
         try:
             with tarfile.open(path, "r|*") as tar:
@@ -256,8 +285,11 @@ class ImageTextCollection:
                         if ex is not None:
                             yield ex
                         group_key, group = key, {}
+                    if member.size > self.max_bytes:  # never read into memory (the stream skips it)
+                        group[ext] = _TOO_LARGE
+                        continue
                     f = tar.extractfile(member)
-                    group[ext] = f.read() if f is not None else None
+                    group[ext] = f.read(self.max_bytes + 1) if f is not None else None
                 ex = flush()
                 if ex is not None:
                     yield ex
@@ -267,6 +299,9 @@ class ImageTextCollection:
             counts.skipped_bad_record += 1
 
     def _tar_group(self, path, key, group: dict, counts: Counts):
+        if any(v is _TOO_LARGE for v in group.values()):
+            counts.skipped_too_large += 1
+            return None
         meta = {}
         if "json" in group and group["json"] is not None:
             try:
@@ -280,6 +315,9 @@ class ImageTextCollection:
             raw_caption = meta.get("caption")
         raw_tags = meta.get("tags", group.get("tags"))
         image_bytes = next((group[e] for e in IMAGE_EXTS if e in group), None)
+        if isinstance(raw_caption, (list, dict)):  # JSON structure where a caption belongs: not text
+            counts.skipped_bad_record += 1
+            return None
         if clean_caption(raw_caption, Counts(), self.max_caption_chars) is None:
             counts.skipped_empty_caption += 1
             return None

@@ -7,12 +7,16 @@ way. Policy:
   image bytes that PIL cannot identify, or that fail to decode  -> skipped_corrupt
   truncated image files (PIL "image file is truncated")          -> skipped_truncated
   a path that does not exist / cannot be read                    -> skipped_missing
+  a path that is not a regular file (a FIFO, /dev/zero, a
+  directory), or a file / tar member over max_bytes (64 MiB)      -> skipped_not_a_file /
+                                                                    skipped_too_large, never read
   images smaller than 2x2 or larger than MAX_PIXELS              -> skipped_corrupt
   non-RGB modes: L, LA, 1, P, PA, RGBA, CMYK, YCbCr, LAB, HSV,
   I;16 / I (16/32-bit), F (float)                                -> converted to RGB uint8
       alpha is composited over white (plain .convert("RGB") would expose whatever colour
       the transparent pixels hold, often black); 16-bit is rescaled (v / 257), not clipped;
       EXIF orientation is applied
+  control characters in a caption (NUL, ...)                     -> a space each (words stay apart)
   caption bytes that are not UTF-8                               -> decoded as cp1252 (latin-1
       fallback), caption_converted_encoding; the example is kept
   captions empty after whitespace normalisation                  -> skipped_empty_caption
@@ -24,7 +28,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import re
+import stat
 import struct
 import warnings
 
@@ -32,6 +38,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb limit
+MAX_FILE_BYTES = 64 * 2**20  # an image file (or tar member) larger than this is skipped unread
 DEFAULT_MAX_CAPTION_CHARS = 1000
 
 
@@ -48,13 +55,16 @@ class Counts:
     skipped_missing: int = 0
     skipped_empty_caption: int = 0
     skipped_bad_record: int = 0  # unparsable index line / tar member group / unreadable shard
+    skipped_not_a_file: int = 0  # a path to a FIFO, device, directory, ...: never opened
+    skipped_too_large: int = 0  # a file / tar member over the byte cap: never read
     truncated_caption: int = 0
     caption_converted_encoding: int = 0
 
     @property
     def skipped(self) -> int:
         return (self.skipped_corrupt + self.skipped_truncated + self.skipped_missing
-                + self.skipped_empty_caption + self.skipped_bad_record)
+                + self.skipped_empty_caption + self.skipped_bad_record + self.skipped_not_a_file
+                + self.skipped_too_large)
 
     def as_dict(self) -> dict[str, int]:
         d = dataclasses.asdict(self)
@@ -141,14 +151,31 @@ def decode_image(data: bytes | None, counts: Counts) -> np.ndarray | None:
     return np.ascontiguousarray(arr)
 
 
-def read_file(path: str, counts: Counts) -> bytes | None:
-    """Bytes of `path`, or None with skipped_missing counted (missing, a directory, unreadable)."""
+def read_file(path: str, counts: Counts, max_bytes: int = MAX_FILE_BYTES) -> bytes | None:
+    """Bytes of `path`, or None (counted) when it is missing or unreadable (skipped_missing),
+    not a regular file (skipped_not_a_file: a FIFO would block, /dev/zero never ends) or larger
+    than `max_bytes` (skipped_too_large). At most max_bytes + 1 bytes are ever read."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        counts.skipped_missing += 1
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        counts.skipped_not_a_file += 1
+        return None
+    if st.st_size > max_bytes:
+        counts.skipped_too_large += 1
+        return None
     try:
         with open(path, "rb") as f:
-            return f.read()
+            data = f.read(max_bytes + 1)
     except OSError:
         counts.skipped_missing += 1
         return None
+    if len(data) > max_bytes:  # grew since the stat
+        counts.skipped_too_large += 1
+        return None
+    return data
 
 
 # ------------------------------------------------------------------------------ captions
@@ -180,7 +207,7 @@ def clean_caption(raw: bytes | str | None, counts: Counts,
         counts.skipped_empty_caption += 1
         return None
     text = decode_text(raw, counts)
-    text = "".join(ch for ch in text if ch.isprintable() or ch.isspace())
+    text = "".join(ch if ch.isprintable() or ch.isspace() else " " for ch in text)
     text = _WS.sub(" ", text).strip()
     if not text:
         counts.skipped_empty_caption += 1
