@@ -14,6 +14,8 @@ import numpy as np
 import flax.linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from clipjax.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Data parallel over (data, fsdp); parameters sharded over fsdp on their embedding axis and
@@ -42,16 +44,16 @@ def mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
     shape = [int(sizes.get(a, 1)) for a in MESH_AXES]
     unknown = [i for i, s in enumerate(shape) if s == -1]
     if len(unknown) > 1:
-        raise ValueError(f"mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, shape))}")
+        raise ConfigError(f"mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, shape))}")
     known = int(np.prod([s for s in shape if s != -1]))
     if any(s == 0 or s < -1 for s in shape):
-        raise ValueError(f"mesh: axis sizes must be positive or -1, got {dict(zip(MESH_AXES, shape))}")
+        raise ConfigError(f"mesh: axis sizes must be positive or -1, got {dict(zip(MESH_AXES, shape))}")
     if unknown:
         if num_devices % known:
-            raise ValueError(f"mesh: {num_devices} devices cannot be split into {dict(zip(MESH_AXES, shape))}")
+            raise ConfigError(f"mesh: {num_devices} devices cannot be split into {dict(zip(MESH_AXES, shape))}")
         shape[unknown[0]] = num_devices // known
     if int(np.prod(shape)) != num_devices:
-        raise ValueError(
+        raise ConfigError(
             f"mesh {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} devices, {num_devices} available")
     return tuple(shape)
 
@@ -83,6 +85,13 @@ def batch_sharding(mesh: Mesh, ndim: int = 2, rules=DEFAULT_RULES) -> NamedShard
     """Leading axis over the data axes, the rest replicated."""
     spec = nn.logical_to_mesh_axes(("batch",) + (None,) * (ndim - 1), rules)
     return NamedSharding(mesh, spec)
+
+
+def batch_shards(mesh: Mesh, rules=DEFAULT_RULES) -> int:
+    """Into how many parts the global batch is split (the product of its mesh axes)."""
+    axes = batch_sharding(mesh, 1, rules).spec[0]
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    return int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

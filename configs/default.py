@@ -19,9 +19,11 @@ def get_config():
     # any prepared TFDS name. data_dir "": TFDS's default ($TFDS_DATA_DIR or ~/tensorflow_datasets).
     # source: CSV/TSV/JSONL index or tar-shard glob (collection). builder_kwargs: passed to the TFDS
     # builder. tokenizer: WordPiece vocab.txt / tokenizer dir (BERT towers). device_prefetch: global
-    # batches kept placed on the devices ahead of the step.
+    # batches kept placed on the devices ahead of the step. shuffle_buffer_bytes: a collection's
+    # shuffle buffer (of image_size crops) holds at most this many bytes (fewer examples, if need be).
     c.data = ml_collections.ConfigDict(dict(name="clipjax_shapes", seed=0, data_dir="", source="", split="train",
-                                            shuffle_buffer=10_000, tokenizer="", builder_kwargs={}, device_prefetch=2,
+                                            shuffle_buffer=10_000, shuffle_buffer_bytes=2**30, tokenizer="",
+                                            builder_kwargs={}, device_prefetch=2,
                                             # clipjax_shapes' size (other datasets ignore it)
                                             shapes=dict(image_size=64, num_train=10_000, num_validation=1000,
                                                         num_test=1000)))

@@ -286,3 +286,32 @@ def test_each_bad_row_is_counted_once_over_epochs_and_captions_keep_their_words(
     c = coll.counts
     assert (c.skipped_corrupt, c.skipped_bad_record, c.skipped_missing) == (1, 2, 1)  # once each, not per epoch
     assert c.decoded == 5
+
+
+def test_training_on_a_collection_with_a_large_photo_stays_bounded_and_exits(tmp_path):
+    """The shuffle buffer holds crops, not photos; the process exits after its last step."""
+    import json
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (2000, 2000, 3), dtype=np.uint8)).save(tmp_path / "big.png")
+    rows = ["filepath,title", "big.png,a large photo"]
+    for i in range(7):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / f"s{i}.png")
+        rows.append(f"s{i}.png,small picture {i}")
+    (tmp_path / "index.csv").write_text("\n".join(rows) + "\n")
+    code = ("import resource, runpy, sys; sys.argv = ['train.py'] + sys.argv[1:]\n"
+            "try:\n    runpy.run_path('train.py', run_name='__main__')\n"
+            "finally:\n    print('PEAK_RSS_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
+    r = subprocess.run([sys.executable, "-c", code, "--config", "configs/default.py", "--workdir", str(tmp_path / "run"),
+                        "--config.data.name=collection", f"--config.data.source={tmp_path / 'index.csv'}",
+                        "--config.total_steps=3", "--config.batch_size=8", "--config.eval_every=0",
+                        "--config.log_every=1", "--config.data.shuffle_buffer=400", "--config.tensorboard=False"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)  # a hang fails here
+    assert r.returncode == 0, r.stderr[-3000:]
+    peak = int(r.stdout.split("PEAK_RSS_MB")[1].split()[0])
+    # 400 decoded 2000 px photos alone would be 4.8 GB; 400 crops of 64 px are 5 MB
+    assert peak < 2500, peak
+    lines = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
+    assert max(x["step"] for x in lines) == 3

@@ -23,6 +23,7 @@ import tensorflow_datasets as tfds
 
 from clipjax.data import fashion_mnist, shapes_dataset  # noqa: F401  (importing them registers the builders)
 from clipjax.data.data_dir import resolve_data_dir
+from clipjax.errors import ConfigError
 
 LOCAL_BUILDERS = ("clipjax_shapes", "clipjax_fashion_mnist")
 ALIASES = {"fashion_mnist": "clipjax_fashion_mnist"}
@@ -120,9 +121,9 @@ def prepare_once(name: str, data_dir, builder_kwargs: dict):
                 return fashion_mnist.build_fashion_mnist(data_dir, **builder_kwargs)  # from local IDX files
             return prepare_tfds(name, data_dir, download=False, **builder_kwargs)
         except TypeError as e:  # wrong builder kwargs
-            raise ValueError(f"cannot build {name} with builder kwargs {builder_kwargs}: {e}") from None
+            raise ConfigError(f"cannot build {name} with builder kwargs {builder_kwargs}: {e}") from None
         except tfds.core.registered.DatasetNotFoundError:
-            raise ValueError(f"unknown dataset {name!r}: not clipjax_shapes / fashion_mnist / collection, and not "
+            raise ConfigError(f"unknown dataset {name!r}: not clipjax_shapes / fashion_mnist / collection, and not "
                              "in the TFDS catalog") from None
 
     if jax.process_count() == 1:

@@ -42,6 +42,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from clipjax.errors import ConfigError
 from clipjax.data.images import (
     DEFAULT_MAX_CAPTION_CHARS,
     MAX_FILE_BYTES,
@@ -127,13 +128,23 @@ class ImageTextCollection:
     def __iter__(self) -> Iterator[dict]:
         return self._examples(self.counts)
 
-    def as_tf_dataset(self):
+    def as_tf_dataset(self, transform=None):
         """tf.data.Dataset of {"image": uint8 (None, None, 3), "caption": string,
-        "tags": string (None,)}; counts keep accumulating in self.counts."""
+        "tags": string (None,)}; counts keep accumulating in self.counts.
+
+        `transform(image, key, epoch) -> uint8 image` runs here, before anything downstream
+        (a shuffle buffer) holds the example: training passes its random resized crop, so a
+        buffer holds model-sized crops, never full-resolution photos. `epoch` counts the passes
+        tf.data made over the collection (each `repeat` calls the generator again)."""
         import tensorflow as tf
 
+        passes = [0]
+
         def gen():
+            epoch, passes[0] = passes[0], passes[0] + 1
             for ex in self._examples(self.counts):
+                if transform is not None:
+                    ex = {**ex, "image": transform(ex["image"], ex["key"], epoch)}
                 yield {"image": ex["image"], "caption": ex["caption"],
                        "tags": np.asarray(ex["tags"], dtype=object).astype(bytes)
                        if ex["tags"] else np.zeros((0,), dtype=bytes)}
@@ -207,7 +218,7 @@ class ImageTextCollection:
                 continue
             missing = [k for k in (self.image_key, self.caption_key) if k not in row]
             if missing:
-                raise ValueError(f"{path}: no column(s) {missing}; columns are {sorted(row)}. "
+                raise ConfigError(f"{path}: no column(s) {missing}; columns are {sorted(row)}. "
                                  "Set image_key= / caption_key= to the names used.")
             return
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,7 @@ from clipjax import sharding as shd
 from clipjax.data import augment
 from clipjax.data.catalog import dataset_from_config
 from clipjax.data.collection import ImageTextCollection
+from clipjax.errors import ConfigError
 from clipjax.preprocess import CLIP_MEAN, CLIP_STD
 from clipjax.tokenizer import make_text_tokenizer
 
@@ -90,6 +92,23 @@ class DevicePrefetch:
         return self._queue.popleft()
 
 
+def collection_crop(seed: int, image_size: int, scale):
+    """The random resized crop of a collection's images, applied where they are read (see
+    ImageTextCollection.as_tf_dataset), so the shuffle buffer holds image_size crops, not the
+    decoded photos (20 photos of 1024 px filled 5 GB before; a small collection repeated into a
+    10,000-example buffer, far more). Its randomness comes from (seed, example key, epoch)
+    instead of the example's stream index: as random, and as exactly reproduced on resume,
+    but not the draw the index-seeded crop of the TFDS path would make."""
+    import tensorflow as tf
+
+    def crop(image, key: str, epoch: int):
+        index = zlib.crc32(key.encode("utf-8", "surrogateescape")) | (int(epoch) << 32)
+        out = augment.train_crop_resize(tf.constant(image), augment.example_seed(seed, index, 0), image_size, scale)
+        return out.numpy()
+
+    return crop
+
+
 class GlobalBatches:
     """The skeleton every training stream shares: a tf.data stream of this process's rows of
     each global batch (`indexed_stream` + `batched`), turned into tuples of global arrays on
@@ -101,16 +120,23 @@ class GlobalBatches:
     def __init__(self, batch_size: int, position: int, shardings):
         self.batch_size, self.position, self.shardings = int(batch_size), int(position), list(shardings)
         if self.position % self.batch_size:
-            raise ValueError(f"position {self.position} is not a multiple of batch_size {self.batch_size}")
+            raise ConfigError(f"this run stopped after {self.position} examples, which batch_size {self.batch_size} "
+                              "does not divide: resume with a batch size that divides it (e.g. the one it was "
+                              "trained with)")
         self.rows = process_rows(self.shardings[0], self.batch_size)
 
-    def local_stream(self, ds, data_config, prepare):
+    def local_stream(self, ds, data_config, prepare, example_bytes: int = 0):
         """`prepare(i, record)` mapped over this process's rows of the global stream of `ds`
-        (config.data.seed / shuffle_buffer), batched to its share of each global batch."""
+        (config.data.seed / shuffle_buffer), batched to its share of each global batch. With
+        `example_bytes` (decoded records of a known size) the shuffle buffer also stays within
+        config.data.shuffle_buffer_bytes (default 1 GiB)."""
         import tensorflow as tf
 
-        ds = indexed_stream(ds, int(data_config.get("seed", 0)), int(data_config.get("shuffle_buffer", 10_000) or 0),
-                            self.position, self.batch_size, self.rows)
+        buffer = int(data_config.get("shuffle_buffer", 10_000) or 0)
+        if example_bytes:
+            budget = int(data_config.get("shuffle_buffer_bytes", 2**30) or 2**30)
+            buffer = min(buffer, max(1, budget // int(example_bytes)))
+        ds = indexed_stream(ds, int(data_config.get("seed", 0)), buffer, self.position, self.batch_size, self.rows)
         return batched(ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True),
                        self.rows[1] - self.rows[0])
 
@@ -121,6 +147,14 @@ class GlobalBatches:
     def counts(self) -> dict | None:
         """Decode counters of a collection source, else None."""
         return None
+
+    def close(self) -> None:
+        """Stop the input pipeline: drop the tf.data iterator (cancelling its prefetch and any
+        generator it is running), so the process can exit."""
+        self._it = None
+        import gc
+
+        gc.collect()
 
     def __iter__(self):
         return self
@@ -182,7 +216,8 @@ class TFDataTrainData(GlobalBatches):
             if not d.get("source"):
                 raise ValueError('config.data.source is required for data.name="collection"')
             self.collection = ImageTextCollection(d.source, **dict(d.get("collection_kwargs", None) or {}))
-            return self.collection.as_tf_dataset(), "image", "caption", True
+            crop = collection_crop(self.seed, self.image_size, self.scale)
+            return self.collection.as_tf_dataset(crop), "image", "caption", True
         builder = dataset_from_config(d)
         features = builder.info.features
         image_key = d.get("image_key", None) or "image"
@@ -203,9 +238,9 @@ class TFDataTrainData(GlobalBatches):
 
         def prepare(i, ex):
             image = ex[image_key]
-            if not decoded:
+            if not decoded:  # a collection's images arrive cropped (collection_crop)
                 image = tf.io.decode_image(image, channels=3, expand_animations=False)
-            image = augment.train_crop_resize(image, augment.example_seed(seed, i, 0), size, scale=scale)
+                image = augment.train_crop_resize(image, augment.example_seed(seed, i, 0), size, scale=scale)
             cap = ex[caption_key]
             if cap.shape.rank == 1:  # several captions: one at random, per example
                 n = tf.shape(cap)[0]
@@ -213,12 +248,17 @@ class TFDataTrainData(GlobalBatches):
                 cap = cap[j]
             return image, cap
 
-        return self.local_stream(ds, d, prepare)
+        # a collection's records are decoded image_size crops: bound the buffer by bytes
+        return self.local_stream(ds, d, prepare, size * size * 3 if decoded else 0)
 
     # ------------------------------------------------------------------ iteration
     def counts(self) -> dict | None:
         """A collection's decode counters (converted / skipped examples so far), else None."""
         return self.collection.counts.as_dict() if self.collection is not None else None
+
+    def close(self) -> None:
+        self._next_placed = None
+        super().close()
 
     def _place(self):
         """The next global batch on the mesh: uint8 images normalised there, token ids."""

@@ -27,10 +27,10 @@ import numpy as np
 
 from clipjax import sharding as shd
 from clipjax.data import shapes_dataset as sd
-from clipjax.data.augment import example_seed, normalize, train_transform
+from clipjax.data.augment import example_seed, normalize
 from clipjax.data.catalog import dataset_from_config
 from clipjax.data.collection import ImageTextCollection
-from clipjax.data.pipeline import GlobalBatches
+from clipjax.data.pipeline import GlobalBatches, collection_crop
 from clipjax.preprocess import preprocess_images
 from clipjax.tokenizer import DEC, ENC, TagTextTokenizer, tag_strings  # noqa: F401  (re-exported)
 
@@ -81,14 +81,19 @@ class TagMatcher:
         return row
 
 
-def collection_dataset(collection, matcher: TagMatcher):
+def collection_dataset(collection, matcher: TagMatcher, transform=None):
     """tf.data of {"image": uint8 (H, W, 3), "captions": (1,) string, "tags": (C,) float32}
-    from an ImageTextCollection (decoded and cleaned by its robust reader)."""
+    from an ImageTextCollection (decoded and cleaned by its robust reader); `transform(image,
+    key, epoch)` as in ImageTextCollection.as_tf_dataset (training's crop, before any buffer)."""
     import tensorflow as tf
 
+    passes = [0]
+
     def gen():
+        epoch, passes[0] = passes[0], passes[0] + 1
         for ex in collection:
-            yield {"image": ex["image"], "captions": np.asarray([ex["caption"].encode("utf-8")], object),
+            image = ex["image"] if transform is None else transform(ex["image"], ex["key"], epoch)
+            yield {"image": image, "captions": np.asarray([ex["caption"].encode("utf-8")], object),
                    "tags": matcher(ex["tags"])}
 
     return tf.data.Dataset.from_generator(gen, output_signature={
@@ -128,7 +133,9 @@ class TaggingTrainData(GlobalBatches):
         if name == "collection":
             self.collection = open_tagged_collection(d)
             self.matcher = TagMatcher(self.tag_names)
-            self._it = iter(self._build(collection_dataset(self.collection, self.matcher), d, image_size, crop=True))
+            crop = collection_crop(int(d.get("seed", 0)), image_size, tuple(d.get("crop_scale", None) or (0.9, 1.0)))
+            self._it = iter(self._build(collection_dataset(self.collection, self.matcher, crop), d, image_size,
+                                        cropped=True))
             return
         builder = dataset_from_config(d)
         features = builder.info.features
@@ -141,15 +148,13 @@ class TaggingTrainData(GlobalBatches):
         self._it = iter(self._build(builder.as_dataset(split=d.get("split", None) or "train", shuffle_files=False),
                                     d, image_size))
 
-    def _build(self, ds, d, image_size, crop: bool = False):
+    def _build(self, ds, d, image_size, cropped: bool = False):
         import tensorflow as tf
 
         seed = int(d.get("seed", 0))
-        scale = tuple(d.get("crop_scale", None) or (0.9, 1.0))
-
         def prepare(i, ex):
-            if crop:  # a collection's images: any size and aspect
-                img = train_transform(ex["image"], example_seed(seed, i, 0), image_size, scale=scale)
+            if cropped:  # a collection's images: cropped where they were read (collection_crop)
+                img = normalize(tf.cast(ex["image"], tf.float32) / 255.0)
             else:
                 img = tf.image.resize(tf.cast(ex["image"], tf.float32), (image_size, image_size), method="bicubic",
                                       antialias=True)
@@ -158,7 +163,7 @@ class TaggingTrainData(GlobalBatches):
             j = tf.random.stateless_uniform([], example_seed(seed, i, 20), 0, tf.shape(caps)[0], dtype=tf.int32)
             return img, tf.cast(ex["tags"], tf.float32), caps[j]
 
-        return self.local_stream(ds, d, prepare)
+        return self.local_stream(ds, d, prepare, image_size * image_size * 3 if cropped else 0)
 
     def counts(self) -> dict | None:
         """A collection's decode counters plus the tag names not in the tag list, else None."""

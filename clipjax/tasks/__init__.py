@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 
+from clipjax.errors import ConfigError
 from clipjax.train import loop
 
 TASKS = ("clip", "clipseg", "tag2text")
@@ -17,7 +18,7 @@ TASKS = ("clip", "clipseg", "tag2text")
 def task_module(config):
     name = config.get("task", "clip") or "clip"
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; available: {', '.join(TASKS)}")
+        raise ConfigError(f"unknown task {name!r}; available: {', '.join(TASKS)}")
     return importlib.import_module(f"clipjax.tasks.{name}")
 
 

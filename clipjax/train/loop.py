@@ -19,6 +19,7 @@ import jax
 import flax.linen as nn
 
 from clipjax import sharding as shd
+from clipjax.errors import ConfigError
 from clipjax.train import checkpoints as ckpt, metrics as tm
 from clipjax.train.distributed import maybe_initialize_distributed
 from clipjax.train.state import create_state, make_guarded_step
@@ -89,7 +90,7 @@ def check_config(config, task_problems=None) -> None:
     `task_problems(config)`), one per line."""
     problems = config_problems(config) + (list(task_problems(config)) if task_problems else [])
     if problems:
-        raise ValueError("bad training config:\n  " + "\n  ".join(problems))
+        raise ConfigError("bad training config:\n  " + "\n  ".join(problems))
 
 
 def train(config, workdir: str, make_task, devices=None, task_problems=None, fresh_start: bool = False) -> dict:
@@ -104,6 +105,10 @@ def train(config, workdir: str, make_task, devices=None, task_problems=None, fre
     mesh = shd.make_mesh(dict(config.mesh), devices)
     num_devices = mesh.devices.size
     rules = shd.rules_from_config(config.get("axis_rules"))
+    parts = shd.batch_shards(mesh, rules)
+    if config.batch_size % parts:
+        raise ConfigError(f"batch_size {config.batch_size} does not split over the {parts} devices of the batch axes "
+                          f"of the mesh {dict(mesh.shape)}: use a multiple of {parts}")
     task = make_task(config, mesh, rules, workdir)
     cfg = task.cfg
     state, tx, schedule = create_state(task.model, config, mesh, rules, task.dummy_inputs, task.post_init)
@@ -206,6 +211,9 @@ def train(config, workdir: str, make_task, devices=None, task_problems=None, fre
         writer.write({"step": reached, "event": "nonfinite", "message": str(e)})
         raise
     finally:
+        close = getattr(data, "close", None)
+        if close is not None:
+            close()  # a tf.data generator left running keeps the process from exiting
         mngr.wait_until_finished()
         mngr.close()
         writer.close()
