@@ -34,13 +34,26 @@ Output: a table on stdout; with --output, JSON (every metric at the top level, p
 from __future__ import annotations
 
 import argparse
-import hashlib
+import functools
 import json
 import os
 import sys
 import time
 
-import numpy as np
+import clipjax
+from clipjax import sharding as shd
+from clipjax.data.catalog import DatasetNotPreparedError, DownloadNotAllowedError
+from clipjax.data.collection import ImageTextCollection
+from clipjax.data.images import NoUsableExamplesError
+from clipjax.evaluation import report
+from clipjax.evaluation.captioning import captioning_on_dataset
+from clipjax.evaluation.datasets import segmentation_examples, tfds_builder
+from clipjax.evaluation.encode import CLIPEncoders, replicate_on_local_devices
+from clipjax.evaluation.linear_probe import linear_probe_on_dataset
+from clipjax.evaluation.retrieval import retrieval_on_dataset
+from clipjax.evaluation.segmentation import segmentation_of_examples
+from clipjax.evaluation.tagging import tagging_on_dataset
+from clipjax.evaluation.zeroshot import zeroshot_on_dataset
 
 TASKS = ("zeroshot", "retrieval", "linear_probe", "segmentation", "tagging", "captioning")
 
@@ -49,234 +62,6 @@ class EvalError(ValueError):
     pass
 
 
-# ------------------------------------------------------------------------------------ encoders
-class Encoders:
-    """Jitted image/text encoders of a LoadedCLIP, sharded over a mesh of all local devices."""
-
-    def __init__(self, clip, batch_size: int, progress: bool):
-        import jax
-
-        from clipjax import sharding as shd
-        from clipjax.evaluation.encode import clip_encoders, global_batch
-
-        self.clip, self.progress = clip, progress
-        self.mesh = shd.make_mesh({"data": -1})
-        self.batch = global_batch(batch_size, self.mesh)
-        self.variables = jax.device_put(clip.variables, shd.replicated(self.mesh))
-        self._img, self._txt = clip_encoders(clip.cfg, self.mesh, shd.DEFAULT_RULES, self.batch)
-
-    def images(self, uint8_images) -> np.ndarray:
-        return self._img(self.variables, self.clip.preprocess(uint8_images))
-
-    def texts(self, texts) -> np.ndarray:
-        return self._txt(self.variables, self.clip.tokenize(list(texts)))
-
-    def bar(self, total, desc):
-        from tqdm import tqdm
-
-        return tqdm(total=total or None, desc=desc, unit="img", disable=not self.progress, file=sys.stderr)
-
-
-def encode_labelled(enc: Encoders, builder, split, examples, desc):
-    from clipjax.evaluation.datasets import iterate_labelled, split_size
-
-    feats, labels = [], []
-    with enc.bar(split_size(builder, split, examples), desc) as bar:
-        for imgs, lab in iterate_labelled(builder, split, enc.batch, examples):
-            feats.append(enc.images(imgs))
-            labels.append(lab)
-            bar.update(len(imgs))
-    if not feats:
-        raise EvalError(f"split {split!r} of {builder.info.name} has no examples")
-    return np.concatenate(feats), np.concatenate(labels)
-
-
-# ------------------------------------------------------------------------------------ tasks
-def classifier_cache_path(args, classnames, templates) -> str | None:
-    if not args.output:
-        return None
-    key = hashlib.sha256(json.dumps([os.path.abspath(args.checkpoint), classnames, templates]).encode()).hexdigest()[:16]
-    return os.path.join(os.path.dirname(os.path.abspath(args.output)), f".zeroshot_classifier_{key}.npy")
-
-
-def zeroshot(args, enc: Encoders, builder) -> tuple[dict, dict]:
-    from clipjax.evaluation import templates as T
-    from clipjax.evaluation.datasets import classification_info, dataset_metadata
-    from clipjax.evaluation.zeroshot import classification_metrics, heldout_metrics, text_classifier
-
-    names = classification_info(builder)
-    known = T.prompts_for(args.dataset, builder)
-    classnames = T.read_lines(args.classnames, "class-name") if args.classnames else (known[0] if known else names)
-    templates = T.read_lines(args.templates, "template") if args.templates else (
-        known[1] if known else ["a photo of a {}."])
-    T.check_templates(templates)
-    if len(classnames) != len(names):
-        raise EvalError(f"{len(classnames)} class names for a dataset with {len(names)} classes")
-    cache = classifier_cache_path(args, classnames, templates)
-    if cache and os.path.exists(cache):
-        cls = np.load(cache)
-        cached = True
-    else:
-        cls = text_classifier(enc.texts, classnames, templates)  # once per run
-        cached = False
-        if cache:
-            np.save(cache, cls)
-    feats, labels = encode_labelled(enc, builder, args.split, args.examples, "zeroshot")
-    logits = feats @ cls.T
-    metrics = classification_metrics(logits, labels)
-    metrics.update(heldout_metrics(names, dataset_metadata(builder).get("held_out_classnames"), logits, labels))
-    extra = dict(classnames=classnames, templates=templates, classifier_cached=cached,
-                 confusion=(logits.argmax(1), labels))
-    return metrics, extra
-
-
-def retrieval(args, enc: Encoders, source) -> tuple[dict, dict]:
-    from clipjax.evaluation.datasets import iterate_captioned
-    from clipjax.evaluation.retrieval import retrieval_metrics
-
-    img_feats, txt_feats, owner = [], [], []
-    n_img = 0
-    with enc.bar(args.examples or 0, "retrieval") as bar:
-        for imgs, caps in iterate_captioned(source, args.split, enc.batch, args.examples):
-            img_feats.append(enc.images(imgs))
-            flat = [c for cs in caps for c in cs]
-            txt_feats.append(enc.texts(flat))
-            owner += [n_img + i for i, cs in enumerate(caps) for _ in cs]
-            n_img += len(imgs)
-            bar.update(len(imgs))
-    if not n_img:
-        raise EvalError(f"no examples in split {args.split!r}")
-    metrics = retrieval_metrics(np.concatenate(img_feats), np.concatenate(txt_feats), np.asarray(owner))
-    return metrics, dict(images=n_img, texts=len(owner))
-
-
-def linear_probe_task(args, enc: Encoders, builder) -> tuple[dict, dict]:
-    from clipjax.evaluation.linear_probe import linear_probe
-
-    splits = builder.info.splits
-    val_split = args.val_split or ("validation" if "validation" in splits else None)
-    train_x, train_y = encode_labelled(enc, builder, args.train_split, args.probe_examples, "train features")
-    if val_split:
-        val_x, val_y = encode_labelled(enc, builder, val_split, args.probe_examples, "validation features")
-    else:  # hold out the last 20% of the training features
-        k = int(len(train_x) * 0.8)
-        train_x, val_x, train_y, val_y = train_x[:k], train_x[k:], train_y[:k], train_y[k:]
-    test_x, test_y = encode_labelled(enc, builder, args.split, args.examples, "test features")
-    metrics = linear_probe(train_x, train_y, val_x, val_y, test_x, test_y)
-    return metrics, dict(train_examples=len(train_x), validation_examples=len(val_x),
-                         validation_split=val_split or f"last 20% of {args.train_split}")
-
-
-def segmentation(args, seg, builder) -> tuple[dict, dict]:
-    import jax
-    from tqdm import tqdm
-
-    from clipjax import sharding as shd
-    from clipjax.data.segmentation import eval_examples
-    from clipjax.data.segmentation_adapter import SegmentationAdapter
-    from clipjax.evaluation.datasets import dataset_metadata
-    from clipjax.evaluation.segmentation import ReferringSegmentation, overlay_png
-    from clipjax.preprocess import CLIP_MEAN, CLIP_STD
-
-    mesh = shd.make_mesh({"data": -1})
-    objects = builder.info.features["objects"] if "objects" in builder.info.features else {}
-    pairs = dataset_metadata(builder).get("held_out_pairs") or ()
-    held = [objects["color"].str2int(c) * objects["shape"].num_classes + objects["shape"].str2int(s)
-            for c, s in pairs] if pairs and "color" in objects and "shape" in objects else []
-    spec = args.segmentation
-    if spec and os.path.exists(spec):
-        with open(spec) as f:
-            spec = f.read()
-    adapter = SegmentationAdapter.from_config(json.loads(spec)) if spec else None
-    ev = eval_examples(builder, args.split, args.examples or 10 ** 9, adapter)
-    score = ReferringSegmentation(seg.cfg, ev, mesh, shd.DEFAULT_RULES, args.batch_size,
-                                  held)
-    bar = tqdm(total=len(score), desc="segmentation", unit="obj", disable=args.no_progress, file=sys.stderr)
-    base = os.path.splitext(args.output)[0] if args.output else None
-
-    def on_batch(start, pixels, probs):
-        bar.update(len(pixels))
-        if start == 0 and base:
-            shown = np.clip(pixels * np.asarray(CLIP_STD) + np.asarray(CLIP_MEAN), 0, 1)  # undo the normalisation
-            for k in range(min(args.overlays, len(pixels))):
-                overlay_png((shown[k] * 255).round().astype(np.uint8), probs[k:k + 1], [ev["phrases"][k]],
-                            f"{base}_overlay_{k}.png", truth=score.masks[k])
-
-    with bar:
-        metrics, heldout = score(jax.device_put(seg.variables, shd.replicated(mesh)), on_batch)
-    if heldout:
-        metrics.update({f"heldout_{k}": heldout[k] for k in ("miou", "iou_fg", "ap", "examples")})
-    return metrics, dict(objects=len(score), devices=int(mesh.devices.size))
-
-
-def tagging(args, tagger, builder) -> tuple[dict, dict]:
-    from clipjax.data.tagging import eval_set
-    from clipjax.evaluation.tagging_metrics import tagging_report
-
-    data = eval_set(builder, args.split, args.examples or 10 ** 9, tagger.cfg.image_size, tagger.tag_names)
-    if data["tags"].shape[1] != len(tagger.tag_names):
-        raise EvalError(f"{args.dataset} has {data['tags'].shape[1]} tags, the model {len(tagger.tag_names)}")
-    probs = tagger.tag_probs(data["images"], batch_size=args.batch_size)
-    # per-tag AP / P / R / F1 go to the JSON (the printed table keeps the scalars)
-    metrics = tagging_report(probs, data["tags"], tagger.thresholds, tag_names=tagger.tag_names)
-    return metrics, dict(images=len(probs), thresholds=sorted(set(float(t) for t in tagger.thresholds))[:8],
-                         unknown_tags=data["unknown_tags"])
-
-
-def captioning(args, tagger, builder) -> tuple[dict, dict]:
-    from tqdm import tqdm
-
-    from clipjax.data.tagging import eval_set
-    from clipjax.evaluation.captioning_metrics import caption_scores
-
-    data = eval_set(builder, args.split, args.examples or 10 ** 9, tagger.cfg.image_size, tagger.tag_names)
-    preds, used = [], []
-    bs = min(args.batch_size, 64)
-    for i in tqdm(range(0, len(data["images"]), bs), desc="captioning", disable=args.no_progress, file=sys.stderr):
-        caps, tags = tagger.caption(data["images"][i:i + bs], num_beams=args.num_beams)
-        preds += caps
-        used += tags
-    metrics = caption_scores(dict(enumerate(preds)), dict(enumerate(data["captions"])))
-    if args.output:
-        with open(os.path.splitext(args.output)[0] + "_samples.jsonl", "w") as f:
-            for k in range(min(args.overlays, len(preds))):
-                f.write(json.dumps(dict(tags=used[k], caption=preds[k], references=data["captions"][k])) + "\n")
-    return metrics, dict(images=len(preds), num_beams=args.num_beams)
-
-
-# ------------------------------------------------------------------------------------ output
-def print_table(metrics: dict) -> None:
-    rows = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float))]
-    width = max(len(k) for k, _ in rows) if rows else 0
-    for k, v in rows:
-        print(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
-
-
-def confusion_png(pred, labels, classnames, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    k = len(classnames)
-    cm = np.zeros((k, k), np.int64)
-    np.add.at(cm, (labels, pred), 1)
-    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    size = min(4 + 0.35 * k, 24)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    if k <= 40:
-        ax.set_xticks(range(k), classnames, rotation=90, fontsize=7)
-        ax.set_yticks(range(k), classnames, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("confusion (row-normalised)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-# ------------------------------------------------------------------------------------ main
 def open_source(args):
     """A TFDS builder, or an ImageTextCollection for --dataset collection."""
     if args.dataset == "collection":
@@ -284,13 +69,74 @@ def open_source(args):
             raise EvalError("--dataset collection supports --task retrieval, tagging and captioning")
         if not args.source:
             raise EvalError("--dataset collection needs --source (a CSV/TSV/JSONL index or tar shards)")
-        from clipjax.data.collection import ImageTextCollection
-
         return ImageTextCollection(args.source)
-    from clipjax.evaluation.datasets import tfds_builder
-
     kwargs = json.loads(args.builder_kwargs) if args.builder_kwargs else {}
     return tfds_builder(args.dataset, args.data_dir or None, kwargs)
+
+
+def tag2text_task(args, tagger) -> tuple[dict, dict]:
+    if not hasattr(tagger, "tag_probs"):
+        raise EvalError(f"{args.checkpoint} is not a Tag2Text / RAM model (--task {args.task} needs one)")
+    source = open_source(args)
+    if args.task == "captioning":
+        return captioning_on_dataset(functools.partial(tagger.caption, num_beams=args.num_beams), source, args.split,
+                                     args.examples, args.batch_size, tagger.cfg.image_size, tagger.tag_names,
+                                     not args.no_progress)
+    mesh, variables = replicate_on_local_devices(tagger.variables)
+    return tagging_on_dataset(tagger.model, variables, mesh, shd.DEFAULT_RULES, source, args.split, args.examples,
+                              args.batch_size, tagger.tag_names, tagger.thresholds, tagger.cfg.image_size, args.dataset)
+
+
+def segmentation_task(args, seg) -> tuple[dict, dict]:
+    if not hasattr(seg, "segment"):
+        raise EvalError(f"{args.checkpoint} is not a CLIPSeg model (--task segmentation needs one)")
+    examples, held_out = segmentation_examples(open_source(args), args.split, args.examples, args.segmentation)
+    mesh, variables = replicate_on_local_devices(seg.variables)
+    return segmentation_of_examples(seg.cfg, variables, mesh, shd.DEFAULT_RULES, examples, held_out, args.batch_size,
+                                    args.overlays if args.output else 0, not args.no_progress)
+
+
+def clip_task(args, clip) -> tuple[dict, dict]:
+    if not hasattr(clip, "encode_text"):
+        raise EvalError(f"{args.checkpoint} is not a CLIP model")
+    source = open_source(args)
+    mesh, variables = replicate_on_local_devices(clip.variables)
+    enc = CLIPEncoders(clip.cfg, mesh, shd.DEFAULT_RULES, args.batch_size, clip.tokenize)
+    progress = not args.no_progress
+    if args.task == "zeroshot":
+        cache_dir = os.path.dirname(os.path.abspath(args.output)) if args.output else None
+        metrics, extra = zeroshot_on_dataset(enc, variables, source, args.dataset, args.split, args.examples,
+                                             args.classnames, args.templates, cache_dir,
+                                             os.path.abspath(args.checkpoint), progress)
+    elif args.task == "retrieval":
+        metrics, extra = retrieval_on_dataset(enc, variables, source, args.split, args.examples, progress)
+    else:
+        metrics, extra = linear_probe_on_dataset(enc, variables, source, args.train_split, args.val_split,
+                                                 args.split, args.examples, args.probe_examples, progress)
+    extra["devices"] = int(mesh.devices.size)
+    return metrics, extra
+
+
+def write_outputs(args, metrics: dict, extra: dict, seconds: float) -> None:
+    """The table; with --output the JSON, overlays and caption samples beside it; the confusion
+    matrix of a classification at --confusion or beside --output."""
+    overlays, samples, confusion = (extra.pop(k, None) for k in ("overlays", "samples", "confusion"))
+    settings = vars(args) | extra | {"seconds": round(seconds, 1)}
+    if "classnames" in settings:
+        settings["num_classes"] = len(settings["classnames"])
+    if args.output:
+        base = os.path.splitext(args.output)[0]
+        if overlays:
+            report.overlay_pngs(overlays, base)
+        if samples is not None:
+            report.write_samples(samples[:args.overlays], base + "_samples.jsonl")
+    report.print_table(metrics)
+    if args.output:
+        report.write_json(args.output, metrics, settings)
+    png = args.confusion or (os.path.splitext(args.output)[0] + "_confusion.png" if args.output else "")
+    if confusion is not None and png:
+        report.confusion_png(confusion[0], confusion[1], extra["classnames"], png)
+        print(f"confusion matrix: {png}")
 
 
 def main(argv=None) -> int:
@@ -320,47 +166,18 @@ def main(argv=None) -> int:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
-    import clipjax
-    from clipjax.data.catalog import DatasetNotPreparedError, DownloadNotAllowedError
-    from clipjax.data.images import NoUsableExamplesError
-
     t0 = time.time()
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     try:
         model = clipjax.load(args.checkpoint)
-        if args.task in ("tagging", "captioning"):
-            if not hasattr(model, "tag_probs"):
-                raise EvalError(f"{args.checkpoint} is not a Tag2Text / RAM model (--task {args.task} needs one)")
-            metrics, extra = (tagging if args.task == "tagging" else captioning)(args, model, open_source(args))
-        elif args.task == "segmentation":
-            if not hasattr(model, "segment"):
-                raise EvalError(f"{args.checkpoint} is not a CLIPSeg model (--task segmentation needs one)")
-            metrics, extra = segmentation(args, model, open_source(args))
-        else:
-            if not hasattr(model, "encode_text"):
-                raise EvalError(f"{args.checkpoint} is not a CLIP model")
-            source = open_source(args)
-            enc = Encoders(model, args.batch_size, progress=not args.no_progress)
-            fn = {"zeroshot": zeroshot, "retrieval": retrieval, "linear_probe": linear_probe_task}[args.task]
-            metrics, extra = fn(args, enc, source)
-            extra["devices"] = int(enc.mesh.devices.size)
+        task = {"tagging": tag2text_task, "captioning": tag2text_task, "segmentation": segmentation_task}
+        metrics, extra = task.get(args.task, clip_task)(args, model)
     except (clipjax.CheckpointError, EvalError, ValueError, DatasetNotPreparedError, DownloadNotAllowedError,
             NoUsableExamplesError, FileNotFoundError, json.JSONDecodeError) as e:
         print(f"evaluate.py: error: {e}", file=sys.stderr)
         return 2
-    confusion = extra.pop("confusion", None)
-    settings = vars(args) | extra | {"seconds": round(time.time() - t0, 1)}
-    if "classnames" in settings:
-        settings["num_classes"] = len(settings["classnames"])
-    print_table(metrics)
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump({**metrics, "settings": settings}, f, indent=2)
-    png = args.confusion or (os.path.splitext(args.output)[0] + "_confusion.png" if args.output else "")
-    if confusion is not None and png:
-        confusion_png(confusion[0], confusion[1], extra["classnames"], png)
-        print(f"confusion matrix: {png}")
+    write_outputs(args, metrics, extra, time.time() - t0)
     return 0
 
 

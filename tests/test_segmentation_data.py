@@ -8,7 +8,7 @@ tf = pytest.importorskip("tensorflow")
 
 from clipjax.data import segmentation as seg  # noqa: E402
 from clipjax.data.shapes_dataset import build_shapes  # noqa: E402
-from clipjax.evaluation.segmentation import THRESHOLDS, SegmentationMetrics  # noqa: E402
+from clipjax.evaluation.segmentation_metrics import THRESHOLDS, SegmentationMetrics  # noqa: E402
 
 KW = dict(image_size=32, num_train=24, num_validation=8, num_test=8)
 

@@ -1,13 +1,21 @@
 """Feature extraction sharded over a device mesh: each global batch is split over the mesh's
-batch axes (each process supplies the rows its devices hold), only the embeddings come back."""
+batch axes (each process supplies the rows its devices hold), only the embeddings come back.
+
+Every evaluator encodes through these, so one code path serves a loaded model replicated on all
+local devices (evaluate.py, `replicate_on_local_devices`) and the sharded training state."""
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import numpy as np
 import flax.linen as nn
 
 from clipjax import sharding as shd
+from clipjax.models.clip import CLIP
+from clipjax.preprocess import preprocess_images
+from clipjax.tokenizer import text_attention_mask
 
 
 def sharded_encoder(fn, mesh, rules, batch: int):
@@ -57,14 +65,51 @@ def clip_encoders(cfg, mesh, rules, batch: int):
     """(encode_images(variables, pixels), encode_ids(variables, ids)) of a CLIP config: jitted,
     sharded over `mesh`, returning L2-normalised host embeddings. BERT towers get their padding
     mask from the ids."""
-    import functools
-
-    from clipjax.models.clip import CLIP
-    from clipjax.tokenizer import text_attention_mask
-
     model = CLIP(cfg)
     images = sharded_encoder(functools.partial(model.apply, method=CLIP.encode_image, normalize=True),
                              mesh, rules, batch)
     ids = sharded_encoder(lambda v, t: model.apply(v, t, attention_mask=text_attention_mask(cfg.text, t),
                                                    method=CLIP.encode_text, normalize=True), mesh, rules, batch)
     return images, ids
+
+
+class CLIPEncoders:
+    """A CLIP's image and text encoders, compiled once for `mesh`, applied to whichever
+    variables `bind` is given: the evaluators take the bound functions, so the same compiled
+    code scores every periodic evaluation of a run and a loaded checkpoint alike.
+    `tokenize(list of str) -> ids` is the model's own (BPE, or a BERT tower's WordPiece)."""
+
+    def __init__(self, cfg, mesh, rules, batch: int, tokenize):
+        self.batch = global_batch(batch, mesh)
+        self.image_size = cfg.vision.image_size
+        self.tokenize = tokenize
+        self._images, self._ids = clip_encoders(cfg, mesh, rules, self.batch)
+
+    def bind(self, variables):
+        """(encode_pixels(preprocessed images), encode_texts(strings)) -> normalised host
+        embeddings of `variables`."""
+        return (lambda pixels: self._images(variables, pixels),
+                lambda texts: self._ids(variables, self.tokenize(list(texts))))
+
+    def preprocessed(self, batches):
+        """(uint8 images, rest) batches -> (pixels, rest), preprocessed as clipjax.load does."""
+        for images, rest in batches:
+            yield preprocess_images(images, self.image_size), rest
+
+
+def labelled_features(encode_pixels, batches, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """(features, labels) of (pixels, labels) batches; `progress(n)` after each batch."""
+    feats, labels = [], []
+    for pixels, lab in batches:
+        feats.append(encode_pixels(pixels))
+        labels.append(np.asarray(lab))
+        if progress is not None:
+            progress(len(pixels))
+    return np.concatenate(feats), np.concatenate(labels)
+
+
+def replicate_on_local_devices(variables):
+    """(mesh of every local device on "data", `variables` replicated on it): a loaded model
+    runs through the same sharded encoders as the training state."""
+    mesh = shd.make_mesh({"data": -1})
+    return mesh, jax.device_put(variables, shd.replicated(mesh))

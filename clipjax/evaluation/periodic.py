@@ -1,4 +1,6 @@
-"""Evaluation inside the training loop, on the sharded training state.
+"""Evaluation inside the training loop, on the sharded training state: a thin adapter that
+reads its settings from the config and calls the evaluators evaluate.py uses
+(zeroshot.zeroshot_classification, retrieval.image_text_retrieval).
 
 The evaluator encodes a fixed set of held-out examples with the *sharded* parameters (no host
 copy of the model): images and prompts are split over the batch axes of the training mesh,
@@ -21,10 +23,11 @@ import numpy as np
 from clipjax import sharding as shd
 from clipjax.data.catalog import builder_kwargs
 from clipjax.evaluation.datasets import (
-    classification_info, dataset_metadata, iterate_captioned, iterate_labelled, tfds_builder)
-from clipjax.evaluation.encode import clip_encoders, global_batch
-from clipjax.evaluation.retrieval import retrieval_metrics
-from clipjax.evaluation.zeroshot import heldout_metrics, text_classifier, topk_accuracy
+    classification_info, held_out_labels, iterate_captioned, iterate_labelled, tfds_builder)
+from clipjax.evaluation.encode import CLIPEncoders
+from clipjax.evaluation.retrieval import image_text_retrieval
+from clipjax.evaluation.zeroshot import zeroshot_classification
+from clipjax.preprocess import preprocess_images
 from clipjax.tokenizer import make_text_tokenizer
 
 log = logging.getLogger("clipjax.eval")
@@ -49,8 +52,8 @@ def eval_settings(config) -> dict:
 
 
 def load_eval_examples(settings: dict):
-    """-> (uint8 images, labels or None, classnames or None, captions or None, held-out class
-    names) for the first `examples` records of the split, or None when there is nothing to
+    """-> (uint8 images, labels or None, classnames or None, captions or None, held-out labels)
+    for the first `examples` records of the split, or None when there is nothing to
     evaluate."""
 
     name, split, n = settings["dataset"], settings["split"], settings["examples"]
@@ -64,13 +67,13 @@ def load_eval_examples(settings: dict):
         classnames = classification_info(builder)
     except ValueError:  # no ClassLabel: evaluate retrieval on the captions
         classnames = None
-    held_out = dataset_metadata(builder).get("held_out_classnames") or ()
     if classnames is not None:
+        held_out = held_out_labels(builder)
         batches = list(iterate_labelled(builder, split, n, n))
         return ([i for imgs, _ in batches for i in imgs], np.concatenate([lab for _, lab in batches]) if batches
                 else np.zeros(0, np.int64), classnames, None, held_out)
     batches = list(iterate_captioned(builder, split, n, n))
-    return [i for imgs, _ in batches for i in imgs], None, None, [c for _, caps in batches for c in caps], held_out
+    return [i for imgs, _ in batches for i in imgs], None, None, [c for _, caps in batches for c in caps], []
 
 
 def make_periodic_evaluator(config, cfg, mesh=None, rules=None):
@@ -78,8 +81,6 @@ def make_periodic_evaluator(config, cfg, mesh=None, rules=None):
     dataset has nothing to evaluate). `variables` may be sharded on `mesh`."""
     if not config.get("eval_every"):
         return None
-    from clipjax.preprocess import preprocess_images
-
     if mesh is None:
         mesh = shd.make_mesh({"data": -1}, jax.devices()[:1])
     rules = rules if rules is not None else shd.DEFAULT_RULES
@@ -91,21 +92,19 @@ def make_periodic_evaluator(config, cfg, mesh=None, rules=None):
     images, labels, classnames, captions, held_out = loaded
     if not images:
         raise ValueError(f"periodic evaluation: split {settings['split']!r} of {settings['dataset']} is empty")
-    pixels = preprocess_images(images, cfg.vision.image_size)  # the inference preprocessing
-    tokenize = make_text_tokenizer(cfg.text, config.data.get("tokenizer", None))
-    encode_image, encode_ids = clip_encoders(cfg, mesh, rules, global_batch(int(config.batch_size), mesh))
+    pixels = preprocess_images(images, cfg.vision.image_size)  # the inference preprocessing, once
+    encoders = CLIPEncoders(cfg, mesh, rules, int(config.batch_size),
+                            make_text_tokenizer(cfg.text, config.data.get("tokenizer", None)))
 
     def evaluate(variables) -> dict:
-        img = encode_image(variables, pixels)
+        encode_pixels, encode_texts = encoders.bind(variables)
         if classnames is not None:
-            cls = text_classifier(lambda t: encode_ids(variables, tokenize(t)), classnames, settings["templates"])
-            logits = img @ cls.T
-            acc = {**topk_accuracy(logits, labels), **heldout_metrics(classnames, held_out, logits, labels)}
-            return {f"zeroshot_{k}": v for k, v in acc.items()}
-        texts = [c for caps in captions for c in caps]
-        owner = np.repeat(np.arange(len(captions)), [len(c) for c in captions])
-        txt = encode_ids(variables, tokenize(texts))
-        return retrieval_metrics(img, txt, owner, ks=(1, 5))
+            metrics, _, _ = zeroshot_classification(encode_pixels, encode_texts, [(pixels, labels)], classnames,
+                                                    settings["templates"], held_out)
+            # the training log keeps top-k and held-out top-1 (evaluate.py adds the per-class recall)
+            return {f"zeroshot_{k}": v for k, v in metrics.items() if k != "mean_per_class_recall"}
+        metrics, _, _ = image_text_retrieval(encode_pixels, encode_texts, [(pixels, captions)], ks=(1, 5))
+        return metrics
 
     evaluate.settings = settings
     return evaluate

@@ -74,3 +74,18 @@ def check_templates(templates: list[str]) -> None:
     bad = [t for t in templates if t.count("{}") != 1]
     if bad:
         raise ValueError(f"every template needs exactly one '{{}}' for the class name; bad: {bad[:3]}")
+
+
+def zeroshot_prompts(dataset: str, builder, classnames_file: str = "", templates_file: str = ""):
+    """(classnames, templates) to classify `builder`'s ClassLabel with: the user's files (one
+    per line) where given, else the dataset's known prompts (prompts_for), else its label names
+    with "a photo of a {}."; one class name per class of the dataset."""
+    names = classification_info(builder)
+    known = prompts_for(dataset, builder)
+    classnames = read_lines(classnames_file, "class-name") if classnames_file else (known[0] if known else names)
+    templates = read_lines(templates_file, "template") if templates_file else (
+        known[1] if known else ["a photo of a {}."])
+    check_templates(templates)
+    if len(classnames) != len(names):
+        raise ValueError(f"{len(classnames)} class names for a dataset with {len(names)} classes")
+    return classnames, templates

@@ -63,8 +63,9 @@ def make_task(config, mesh, rules, workdir=None) -> Task:
 
 
 def make_segmentation_evaluator(config, cfg, mesh, rules):
-    """mIoU / IoU_FG / AP on every object of the first eval_examples images of
-    config.data.eval_split (default "validation")."""
+    """seg_miou / seg_iou_fg / seg_ap on every object of the first eval_examples images of
+    config.data.eval_split (default "validation"), scored by the evaluator evaluate.py --task
+    segmentation uses (clipjax.evaluation.segmentation.ReferringSegmentation)."""
     if not config.get("eval_every"):
         return None
     d = config.data

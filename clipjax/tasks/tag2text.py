@@ -38,8 +38,7 @@ import numpy as np
 from clipjax.data.collection import ImageTextCollection
 from clipjax.data.catalog import dataset_from_config
 from clipjax.data.tagging import TaggingTrainData, eval_set, shapes_tag_names, shapes_vocabulary
-from clipjax.evaluation.encode import global_batch, sharded_encoder
-from clipjax.evaluation.tagging_metrics import tagging_report
+from clipjax.evaluation.tagging import tag_probs_encoder, tagging_quality
 from clipjax.losses.captioning import caption_lm_loss, caption_targets
 from clipjax.losses.tagging import asymmetric_loss, clip_distillation_loss, itc_loss_from_similarities, itm_loss, tag2text_loss
 from clipjax.models.config import TextConfig
@@ -159,6 +158,9 @@ def make_task(config, mesh, rules, workdir=None) -> Task:
 
 
 def make_tagging_evaluator(config, cfg, model, tag_names, mesh, rules):
+    """tag_mAP / precision / recall / F1 at the model threshold (clipjax.evaluation.tagging, as
+    evaluate.py --task tagging) on the first eval_examples validation images, or on
+    config.tag2text.eval_source's rows for a collection."""
     if not config.get("eval_every"):
         return None
     d = config.data
@@ -173,16 +175,10 @@ def make_tagging_evaluator(config, cfg, model, tag_names, mesh, rules):
     else:
         data = eval_set(dataset_from_config(d), "validation", n, cfg.image_size)
 
-    def probs(variables, images):
-        v = {**variables, "params": tie_tag_encoder(variables["params"])}
-        t = model.apply(v, images, method=Tag2Text.image_tokens)
-        return jax.nn.sigmoid(model.apply(v, t, method=Tag2Text.tag_logits))
-
-    # batches sharded over the mesh like training's, probabilities gathered from every process
-    encode = sharded_encoder(probs, mesh, rules, global_batch(int(config.batch_size), mesh))
+    encode = tag_probs_encoder(model, mesh, rules, int(config.batch_size))
 
     def evaluate(variables) -> dict:
-        r = tagging_report(encode(variables, data["images"]), data["tags"], cfg.tagging.threshold)
+        r = tagging_quality(lambda x: encode(variables, x), data["images"], data["tags"], cfg.tagging.threshold)
         return {f"tag_{k}": r[k] for k in ("mAP", "precision", "recall", "F1")}
 
     return evaluate
