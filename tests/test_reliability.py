@@ -315,3 +315,21 @@ def test_training_on_a_collection_with_a_large_photo_stays_bounded_and_exits(tmp
     assert peak < 2500, peak
     lines = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
     assert max(x["step"] for x in lines) == 3
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--config.total_step=5"], "unknown config key 'total_step': did you mean 'total_steps'?"),
+    (["--config=configs/no_such_config.py"], "configs/no_such_config.py"),
+    (["--config.mesh.data=64"], "needs 64 devices"),
+    (["--config.batch_size=30", "--config.mesh.data=4"], "batch_size 30 does not split over the 4 devices"),
+    (["--config.data.name=no_such_dataset_xyz"], "unknown dataset 'no_such_dataset_xyz'"),
+    (["--config.keep_checkpoints=0"], "keep_checkpoints must be an integer >= 1"),
+])
+def test_each_mistake_is_one_line_and_exit_2(tmp_path, args, says):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    r = subprocess.run([sys.executable, "train.py", "--config", "configs/default.py", "--workdir", str(tmp_path / "run"),
+                        *TINY_SHAPES_ARGS, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and says in r.stderr, r.stderr[-2000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
