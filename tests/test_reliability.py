@@ -333,3 +333,22 @@ def test_each_mistake_is_one_line_and_exit_2(tmp_path, args, says):
     assert "Traceback" not in r.stderr and says in r.stderr, r.stderr[-2000:]
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1
+
+
+def test_a_state_dict_missing_a_middle_block_is_refused_with_every_key(tmp_path):
+    import dataclasses
+
+    from clipjax import init_variables
+    from clipjax.convert.common import read_state_dict, write_state_dict
+    from clipjax.convert.openai_clip import load_openai, save_openai
+    from clipjax.models.presets import get_preset
+
+    cfg = get_preset("tiny-vit")
+    cfg = cfg.replace(text=dataclasses.replace(cfg.text, layers=4))
+    save_openai(init_variables(cfg), cfg, str(tmp_path / "m.pt"))
+    sd = {k: v for k, v in read_state_dict(str(tmp_path / "m.pt")).items() if not k.startswith("transformer.resblocks.1.")}
+    write_state_dict(sd, str(tmp_path / "cut.pt"))  # no .clipjax.json sidecar beside it
+    with pytest.raises(CheckpointError, match="shallower model") as e:
+        load_openai(str(tmp_path / "cut.pt"))
+    keys = [k for k in read_state_dict(str(tmp_path / "m.pt")) if k.startswith("transformer.resblocks.1.")]
+    assert len(keys) == 12 and all(k in str(e.value) for k in keys) and "more" not in str(e.value)

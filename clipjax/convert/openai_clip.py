@@ -160,13 +160,25 @@ def _need(sd: dict, key: str):
 
 
 def _count(sd: dict, prefix: str) -> int:
-    """Number of distinct indices N among keys `prefix`N.…"""
+    """Number of blocks `prefix`N.… (N = 0, 1, ...). A gap means whole blocks are missing:
+    the file must not load as a shallower model, so it is refused with every missing key
+    (the keys of the blocks present, at the missing indices)."""
     idx = set()
     for k in sd:
         if k.startswith(prefix):
             head = k[len(prefix):].split(".")[0]
             if head.isdigit():
                 idx.add(int(head))
+    if not idx:
+        return 0
+    gaps = sorted(set(range(max(idx) + 1)) - idx)
+    if gaps:
+        first = min(idx)
+        suffixes = sorted(k[len(f"{prefix}{first}."):] for k in sd if k.startswith(f"{prefix}{first}."))
+        missing = [f"{prefix}{i}.{s}" for i in gaps for s in suffixes]
+        raise CheckpointError(f"blocks {gaps} of {prefix}0..{max(idx)} are missing from the state dict, so it would "
+                              f"load as a shallower model; refusing. Missing keys ({len(missing)}): "
+                              + ", ".join(missing))
     return len(idx)
 
 
