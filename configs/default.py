@@ -21,9 +21,11 @@ def get_config():
     # builder. tokenizer: WordPiece vocab.txt / tokenizer dir (BERT towers). device_prefetch: global
     # batches kept placed on the devices ahead of the step. shuffle_buffer_bytes: a collection's
     # shuffle buffer (of image_size crops) holds at most this many bytes (fewer examples, if need be).
+    # confine_paths: a collection's image paths must stay under its root (no absolute paths, `..`
+    # or symlinks leaving it); off by default, as open_clip reads any path an index names.
     c.data = ml_collections.ConfigDict(dict(name="clipjax_shapes", seed=0, data_dir="", source="", split="train",
                                             shuffle_buffer=10_000, shuffle_buffer_bytes=2**30, tokenizer="",
-                                            builder_kwargs={}, device_prefetch=2,
+                                            builder_kwargs={}, device_prefetch=2, confine_paths=False,
                                             # clipjax_shapes' size (other datasets ignore it)
                                             shapes=dict(image_size=64, num_train=10_000, num_validation=1000,
                                                         num_test=1000)))

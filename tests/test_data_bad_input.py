@@ -76,8 +76,8 @@ CASES = {
     "palette": (_palette(), b"palette", "conv"),
 }
 EXPECTED = {"decoded": 9, "converted": 5, "skipped_corrupt": 2, "skipped_truncated": 1,
-            "skipped_missing": 1, "skipped_empty_caption": 2, "skipped_bad_record": 0, "skipped_not_a_file": 0, "skipped_too_large": 0,
-            "truncated_caption": 1, "caption_converted_encoding": 1}
+            "skipped_missing": 1, "skipped_empty_caption": 2, "skipped_bad_record": 0, "skipped_not_a_file": 0,
+            "skipped_too_large": 0, "skipped_outside_root": 0, "truncated_caption": 1, "caption_converted_encoding": 1}
 
 
 def _ext(data):

@@ -352,3 +352,20 @@ def test_a_state_dict_missing_a_middle_block_is_refused_with_every_key(tmp_path)
         load_openai(str(tmp_path / "cut.pt"))
     keys = [k for k in read_state_dict(str(tmp_path / "m.pt")) if k.startswith("transformer.resblocks.1.")]
     assert len(keys) == 12 and all(k in str(e.value) for k in keys) and "more" not in str(e.value)
+
+
+def test_confine_keeps_reads_under_the_collection_root(tmp_path):
+    from clipjax.data.collection import ImageTextCollection
+
+    root = tmp_path / "coll"
+    root.mkdir()
+    _png(root / "ok.png")
+    _png(tmp_path / "secret.png")  # outside the root
+    os.symlink(tmp_path / "secret.png", root / "link.png")
+    rows = ["filepath,title", "ok.png,inside", "../secret.png,dot dot", f"{tmp_path / 'secret.png'},absolute",
+            "link.png,a symlink that leaves"]
+    (root / "index.csv").write_text("\n".join(rows) + "\n")
+    open_ = ImageTextCollection(str(root / "index.csv"))  # open_clip's rule: every path is read
+    assert sum(1 for _ in open_) == 4
+    confined = ImageTextCollection(str(root / "index.csv"), confine=True)
+    assert [ex["caption"] for ex in confined] == ["inside"] and confined.counts.skipped_outside_root == 3

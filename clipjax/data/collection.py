@@ -24,6 +24,11 @@ Each example: {"image": uint8 (H, W, 3), "caption": str, "tags": list[str], "key
 A collection with no usable example raises NoUsableExamplesError when it is opened
 (validate=True scans until the first usable example).
 
+Paths: a row's image path is relative to the index's directory (or `image_root`), or
+absolute, as open_clip reads them. `confine=True` (for indexes written by other people)
+refuses a path that is absolute, contains `..`, or resolves (symlinks followed) outside the
+root; such rows are counted as skipped_outside_root and never opened.
+
 Hostile files stay cheap: only regular files are opened and files or tar members over
 `max_bytes` are skipped unread (clipjax.data.images.read_file); an example that was skipped
 once is counted once and not read again in later epochs.
@@ -97,7 +102,7 @@ class ImageTextCollection:
                  tags_key: str | None = "tags", image_root: str | None = None,
                  delimiter: str | None = None, max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS,
                  shard_index: int = 0, num_shards: int = 1, validate: bool = True,
-                 max_bytes: int = MAX_FILE_BYTES):
+                 max_bytes: int = MAX_FILE_BYTES, confine: bool = False):
         self.paths = _expand(source)
         kinds = {_kind(p) for p in self.paths}
         if "tar" in kinds and len(kinds) > 1:
@@ -111,6 +116,7 @@ class ImageTextCollection:
             raise ValueError(f"shard_index {shard_index} not in [0, {num_shards})")
         self.shard_index, self.num_shards = int(shard_index), int(num_shards)
         self.max_bytes = int(max_bytes)
+        self.confine = bool(confine)
         self.counts = Counts()
         self._skipped: set[str] = set()  # keys of examples skipped (and counted) once already
         if not self.is_tar:
@@ -243,6 +249,9 @@ class ImageTextCollection:
             rel.encode("utf-8")
         except UnicodeEncodeError:
             rel = rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        if self.confine and not inside(root, rel):
+            counts.skipped_outside_root += 1
+            return None
         img_path = rel if os.path.isabs(rel) else os.path.join(root, rel)
         raw_caption = row.get(self.caption_key)
         if isinstance(raw_caption, (list, dict)):  # JSON structure where a caption belongs: not text
@@ -336,6 +345,27 @@ class ImageTextCollection:
             counts.skipped_missing += 1
             return None
         return self._make(f"{path}:{key}", image_bytes, raw_caption, raw_tags, counts)
+
+
+def inside(root: str, rel: str) -> bool:
+    """Whether the relative path `rel` names a file under `root` (no absolute path, no `..`
+    part, and after following symlinks still under the real root)."""
+    if os.path.isabs(rel) or ".." in rel.replace("\\", "/").split("/"):
+        return False
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(root, rel))
+    return os.path.commonpath([real_root, real]) == real_root
+
+
+def collection_from_config(data_config, source=None) -> ImageTextCollection:
+    """The collection config.data describes: `source` (default config.data.source),
+    `collection_kwargs` (image_key, caption_key, image_root, ...) and `confine_paths`."""
+    source = source or data_config.get("source", None)
+    if not source:
+        raise ConfigError('config.data.source is required for data.name="collection"')
+    kwargs = dict(data_config.get("collection_kwargs", None) or {})
+    kwargs.setdefault("confine", bool(data_config.get("confine_paths", False)))
+    return ImageTextCollection(source, **kwargs)
 
 
 def open_collection(source, **kwargs) -> ImageTextCollection:

@@ -57,6 +57,7 @@ class Counts:
     skipped_bad_record: int = 0  # unparsable index line / tar member group / unreadable shard
     skipped_not_a_file: int = 0  # a path to a FIFO, device, directory, ...: never opened
     skipped_too_large: int = 0  # a file / tar member over the byte cap: never read
+    skipped_outside_root: int = 0  # a path leaving the collection root (confine=True): never opened
     truncated_caption: int = 0
     caption_converted_encoding: int = 0
 
@@ -64,7 +65,7 @@ class Counts:
     def skipped(self) -> int:
         return (self.skipped_corrupt + self.skipped_truncated + self.skipped_missing
                 + self.skipped_empty_caption + self.skipped_bad_record + self.skipped_not_a_file
-                + self.skipped_too_large)
+                + self.skipped_too_large + self.skipped_outside_root)
 
     def as_dict(self) -> dict[str, int]:
         d = dataclasses.asdict(self)

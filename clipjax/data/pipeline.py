@@ -18,7 +18,7 @@ import numpy as np
 from clipjax import sharding as shd
 from clipjax.data import augment
 from clipjax.data.catalog import dataset_from_config
-from clipjax.data.collection import ImageTextCollection
+from clipjax.data.collection import collection_from_config
 from clipjax.errors import ConfigError
 from clipjax.preprocess import CLIP_MEAN, CLIP_STD
 from clipjax.tokenizer import make_text_tokenizer
@@ -213,9 +213,7 @@ class TFDataTrainData(GlobalBatches):
 
         name = d.name
         if name == "collection":
-            if not d.get("source"):
-                raise ValueError('config.data.source is required for data.name="collection"')
-            self.collection = ImageTextCollection(d.source, **dict(d.get("collection_kwargs", None) or {}))
+            self.collection = collection_from_config(d)
             crop = collection_crop(self.seed, self.image_size, self.scale)
             return self.collection.as_tf_dataset(crop), "image", "caption", True
         builder = dataset_from_config(d)

@@ -29,7 +29,7 @@ from clipjax import sharding as shd
 from clipjax.data import shapes_dataset as sd
 from clipjax.data.augment import example_seed, normalize
 from clipjax.data.catalog import dataset_from_config
-from clipjax.data.collection import ImageTextCollection
+from clipjax.data.collection import ImageTextCollection, collection_from_config
 from clipjax.data.pipeline import GlobalBatches, collection_crop
 from clipjax.preprocess import preprocess_images
 from clipjax.tokenizer import DEC, ENC, TagTextTokenizer, tag_strings  # noqa: F401  (re-exported)
@@ -102,13 +102,6 @@ def collection_dataset(collection, matcher: TagMatcher, transform=None):
         "tags": tf.TensorSpec((matcher.size,), tf.float32)})
 
 
-def open_tagged_collection(data_config):
-    """config.data (source, collection_kwargs) -> ImageTextCollection."""
-    if not data_config.get("source"):
-        raise ValueError('config.data.source is required for data.name="collection"')
-    return ImageTextCollection(data_config.source, **dict(data_config.get("collection_kwargs", None) or {}))
-
-
 class TaggingTrainData(GlobalBatches):
     """Global Tag2Text / RAM batches: (images (B,S,S,3) CLIP-normalised, tags (B,C) float 0/1,
     tag ids (B,Lt), caption ids (B,Lc)). The tag encoder reads the ground-truth tags (the
@@ -131,7 +124,7 @@ class TaggingTrainData(GlobalBatches):
         name = d.get("name") or "clipjax_shapes"
         self.collection = self.matcher = None
         if name == "collection":
-            self.collection = open_tagged_collection(d)
+            self.collection = collection_from_config(d)
             self.matcher = TagMatcher(self.tag_names)
             crop = collection_crop(int(d.get("seed", 0)), image_size, tuple(d.get("crop_scale", None) or (0.9, 1.0)))
             self._it = iter(self._build(collection_dataset(self.collection, self.matcher, crop), d, image_size,

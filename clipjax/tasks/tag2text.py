@@ -35,7 +35,7 @@ import shutil
 import jax
 import numpy as np
 
-from clipjax.data.collection import ImageTextCollection
+from clipjax.data.collection import collection_from_config
 from clipjax.data.catalog import dataset_from_config
 from clipjax.data.tagging import TaggingTrainData, eval_set, shapes_tag_names, shapes_vocabulary
 from clipjax.evaluation.tagging import tag_probs_encoder, tagging_quality
@@ -170,8 +170,7 @@ def make_tagging_evaluator(config, cfg, model, tag_names, mesh, rules):
         source = (config.get("tag2text", None) or {}).get("eval_source", None)
         if not source:
             return None
-        kwargs = dict(d.get("collection_kwargs", None) or {})
-        data = eval_set(ImageTextCollection(source, **kwargs), "", n, cfg.image_size, tag_names)
+        data = eval_set(collection_from_config(d, source), "", n, cfg.image_size, tag_names)
     else:
         data = eval_set(dataset_from_config(d), "validation", n, cfg.image_size)
 
