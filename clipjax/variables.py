@@ -19,7 +19,9 @@ def short_error(e: BaseException) -> str:
     for cut in (" [source locations=", " tensorstore_spec=", ' {"'):
         if cut in text:
             text = text.split(cut)[0]
-    return f"{type(e).__name__}: {text[:300]}"
+    if len(text) > 320:  # paths make these long; the reason is at the end (e.g. "No space left on device")
+        text = f"{text[:150]} ... {text[-160:]}"
+    return f"{type(e).__name__}: {text}"
 
 
 def flatten_variables(tree, prefix: str = "") -> dict[str, object]:

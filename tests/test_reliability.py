@@ -369,3 +369,23 @@ def test_confine_keeps_reads_under_the_collection_root(tmp_path):
     assert sum(1 for _ in open_) == 4
     confined = ImageTextCollection(str(root / "index.csv"), confine=True)
     assert [ex["caption"] for ex in confined] == ["inside"] and confined.counts.skipped_outside_root == 3
+
+
+def test_a_disk_that_fills_during_an_async_save_is_reported_once_where_it_fails(tmp_path):
+    """A 3 MB tmpfs as workdir (mounting needs root, as on this machine and in CI; skipped
+    elsewhere): the first save fails in Orbax's background thread; training stops with one
+    error line naming the failure and the resume point, exit 2."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        r = _cli("--workdir", str(disk / "run"), "--config.total_steps=12", "--config.batch_size=16",
+                 "--config.eval_every=0", "--config.checkpoint_every=1", "--config.keep_checkpoints=20",
+                 "--config.tensorboard=False", *TINY_SHAPES_ARGS)
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+    assert r.returncode == 2, r.stderr[-2000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "writing a checkpoint" in errors[0] and "No space left on device" in errors[0]
+    assert "starts from scratch" in errors[0] or "resumes from step" in errors[0]

@@ -228,6 +228,40 @@ def restore(mngr, state, fresh_start: bool = False):
     return state, 0
 
 
+def save_failure(mngr, error: BaseException) -> CheckpointError:
+    """One line for an asynchronous save that failed (a full disk, lost permissions, ...):
+    what failed, and the step a re-run resumes from."""
+    steps = committed_steps(mngr)
+    where = f"a re-run resumes from step {steps[0]}" if steps else "no checkpoint was saved: a re-run starts from scratch"
+    return CheckpointError(f"writing a checkpoint under {mngr.directory} failed ({short_error(error)}); "
+                           f"training stopped there; {where}")
+
+
+def raise_save_errors(mngr) -> None:
+    """Raise (once, as one CheckpointError) the error of an asynchronous save that has failed
+    since the last call: checked after every step, so a failing save is reported where it
+    fails, not at the next save."""
+    try:
+        mngr.check_for_errors()
+    except Exception as e:  # noqa: BLE001 - whatever the storage raised, said in one line
+        raise save_failure(mngr, e) from None
+
+
+def close_manager(mngr) -> CheckpointError | None:
+    """Finish the queued saves and close the manager; the save error, if one happened (the
+    caller raises it unless another error is already on its way)."""
+    failure = None
+    try:
+        mngr.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+        failure = save_failure(mngr, e)
+    try:
+        mngr.close()
+    except Exception as e:  # noqa: BLE001 - the same failure, surfacing again
+        failure = failure or save_failure(mngr, e)
+    return failure
+
+
 def resume_point(mngr) -> str:
     """Which checkpoint a re-run of this workdir would start from, in words."""
     mngr.wait_until_finished()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import time
 
 import jax
@@ -161,6 +162,7 @@ def train(config, workdir: str, make_task, devices=None, task_problems=None, fre
                         if flops:
                             writer.write({"step": step, **flops})
                     state, metrics = step_fn(state, *batch)
+                ckpt.raise_save_errors(mngr)  # an async save that failed: stop here, once
                 raw = metrics
                 done = reached = step + 1
                 if previous is not None:  # one step behind: no pipeline stall
@@ -199,7 +201,10 @@ def train(config, workdir: str, make_task, devices=None, task_problems=None, fre
                 stop = interrupt.hit or _preempted(done)
                 if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.total_steps or stop:
                     check(raw)  # never save a state that saw a non-finite step
-                    ckpt.save(mngr, state, cfg, config, data.position)
+                    try:
+                        ckpt.save(mngr, state, cfg, config, data.position)
+                    except Exception as e:  # noqa: BLE001 - the previous async save failed
+                        raise ckpt.save_failure(mngr, e) from None
                 if stop:
                     log.warning("stopped at step %d (checkpoint saved)", done)
                     writer.write({"step": done, "event": "interrupted"})
@@ -211,15 +216,17 @@ def train(config, workdir: str, make_task, devices=None, task_problems=None, fre
         writer.write({"step": reached, "event": "nonfinite", "message": str(e)})
         raise
     finally:
+        failing = sys.exc_info()[0] is not None
         close = getattr(data, "close", None)
         if close is not None:
             close()  # a tf.data generator left running keeps the process from exiting
-        mngr.wait_until_finished()
-        mngr.close()
+        save_error = ckpt.close_manager(mngr)
         writer.close()
         png = tm.plot_loss_curve(workdir)
         if png:
             log.info("loss curve: %s", png)
+    if save_error is not None and not failing:
+        raise save_error
     if last:
         last["step"] = int(last.get("step", reached))
     return last
