@@ -327,8 +327,12 @@ def test_training_on_a_collection_with_a_large_photo_stays_bounded_and_exits(tmp
     (["--config.batch_size=30", "--config.mesh.data=4"], "batch_size 30 does not split over the 4 devices"),
     (["--config.data.name=no_such_dataset_xyz"], "unknown dataset 'no_such_dataset_xyz'"),
     (["--config.keep_checkpoints=0"], "keep_checkpoints must be an integer >= 1"),
+    (["--config.init_from={tmp}/no_such_checkpoint"], "No such checkpoint"),
+    (["--config.data.name=collection", "--config.data.source={tmp}/index.csv"], "no column(s) ['filepath']"),
 ])
 def test_each_mistake_is_one_line_and_exit_2(tmp_path, args, says):
+    (tmp_path / "index.csv").write_text("path,title\na.png,a caption\n")  # open_clip's default column is filepath
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     r = subprocess.run([sys.executable, "train.py", "--config", "configs/default.py", "--workdir", str(tmp_path / "run"),
                         *TINY_SHAPES_ARGS, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
