@@ -396,3 +396,13 @@ def test_a_disk_that_fills_during_an_async_save_is_reported_once_where_it_fails(
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "writing a checkpoint" in errors[0] and "No space left on device" in errors[0]
     assert "starts from scratch" in errors[0] or "resumes from step" in errors[0]
+
+
+def test_a_batch_size_that_does_not_divide_the_resumed_position_is_named(finished, tmp_path):
+    from clipjax.errors import ConfigError
+
+    wd = _copy(finished, tmp_path / "run")  # stopped after 6 steps of 16: position 96
+    c = _cfg(total=9)
+    c.batch_size = 64
+    with pytest.raises(ConfigError, match="stopped after 96 examples, which batch_size 64 does not divide"):
+        train(c, wd)
