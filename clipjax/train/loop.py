@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import time
 
 import jax
@@ -216,7 +215,6 @@ def train(config, workdir: str, make_task, devices=None, task_problems=None, fre
         writer.write({"step": reached, "event": "nonfinite", "message": str(e)})
         raise
     finally:
-        failing = sys.exc_info()[0] is not None
         close = getattr(data, "close", None)
         if close is not None:
             close()  # a tf.data generator left running keeps the process from exiting
@@ -225,7 +223,7 @@ def train(config, workdir: str, make_task, devices=None, task_problems=None, fre
         png = tm.plot_loss_curve(workdir)
         if png:
             log.info("loss curve: %s", png)
-    if save_error is not None and not failing:
+    if save_error is not None:  # reached only when nothing else is failing
         raise save_error
     if last:
         last["step"] = int(last.get("step", reached))
