@@ -17,4 +17,8 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q -r requirements.txt
 .venv/bin/python -m pip install -q --no-deps -r requirements-reference.txt
 .venv/bin/python -m pip install -q --no-deps -e .
+# The TPU compiler (libtpu, the version jax pins for jax[tpu]) for plan.py, kept out of .venv:
+# with libtpu importable every `import jax` tries to initialise a TPU and prints errors.
+# plan.py runs it in a subprocess with PYTHONPATH=.tpu-compiler.
+[ -d .tpu-compiler/libtpu ] || .venv/bin/python -m pip install -q --target .tpu-compiler libtpu==0.0.42.1
 echo "setup.sh: .venv ready"
