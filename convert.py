@@ -42,6 +42,7 @@ def main(argv=None) -> int:
     if args.ram or args.to == "ram":
         return convert_ram(args)
 
+    from clipjax import storage
     from clipjax.convert.formats import detect_format, read_any
     from clipjax.convert import hf_clipseg
     from clipjax.variables import CheckpointError
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
             src_fmt = "clipseg original decoder"
             cfg, variables = hf_clipseg.load_original(args.src, read_any(args.clip), tuple(args.extract_layers),
                                                       args.decoder_heads, image_size=args.image_size)
-        elif hf_clipseg.is_hf_clipseg_dir(args.src):
+        elif not storage.is_remote(args.src) and hf_clipseg.is_hf_clipseg_dir(args.src):
             src_fmt = "hf clipseg"
             cfg, variables = hf_clipseg.load_hf_clipseg(args.src, image_size=args.image_size)
         else:
@@ -63,23 +64,25 @@ def main(argv=None) -> int:
             raise CheckpointError("--to original writes CLIPSeg decoders; this is a CLIP (use --to openai)")
         if args.to == "openai" and seg:
             raise CheckpointError("--to openai writes CLIP models; for a CLIPSeg use --to original or hf")
-        if args.to == "clipjax":
+        if args.to == "clipjax":  # Orbax writes object storage itself
             from clipjax.convert.formats import save_clipjax
 
             save_clipjax(args.dst, variables, cfg)
-        elif args.to == "hf" and seg:
-            hf_clipseg.save_hf_clipseg(variables, cfg, args.dst)
-        elif args.to == "hf":
-            from clipjax.convert.hf_clip import save_hf_clip
-
-            save_hf_clip(variables, cfg, args.dst)
-        elif args.to == "original":
-            hf_clipseg.save_original(variables, cfg, args.dst, clip_path=args.dst + ".clip.pt")
         else:
-            from clipjax.convert.openai_clip import save_openai
+            with storage.local_output(args.dst) as dst:  # written here, uploaded when remote
+                if args.to == "hf" and seg:
+                    hf_clipseg.save_hf_clipseg(variables, cfg, dst)
+                elif args.to == "hf":
+                    from clipjax.convert.hf_clip import save_hf_clip
 
-            save_openai(variables, cfg, args.dst)
-    except CheckpointError as e:
+                    save_hf_clip(variables, cfg, dst)
+                elif args.to == "original":
+                    hf_clipseg.save_original(variables, cfg, dst, clip_path=dst + ".clip.pt")
+                else:
+                    from clipjax.convert.openai_clip import save_openai
+
+                    save_openai(variables, cfg, dst)
+    except (CheckpointError, storage.StorageError, FileNotFoundError) as e:
         print(f"convert.py: error: {e}", file=sys.stderr)
         return 2
     n = sum(int(x.size) for x in __import__("jax").tree_util.tree_leaves(variables))

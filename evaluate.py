@@ -41,7 +41,7 @@ import sys
 import time
 
 import clipjax
-from clipjax import sharding as shd
+from clipjax import sharding as shd, storage
 from clipjax.data.catalog import DatasetNotPreparedError, DownloadNotAllowedError
 from clipjax.data.collection import ImageTextCollection
 from clipjax.data.images import NoUsableExamplesError
@@ -104,10 +104,12 @@ def clip_task(args, clip) -> tuple[dict, dict]:
     enc = CLIPEncoders(clip.cfg, mesh, shd.DEFAULT_RULES, args.batch_size, clip.tokenize)
     progress = not args.no_progress
     if args.task == "zeroshot":
-        cache_dir = os.path.dirname(os.path.abspath(args.output)) if args.output else None
+        # the classifier cache lives beside a local --output only
+        local_out = args.output and not storage.is_remote(args.output)
+        cache_dir = os.path.dirname(os.path.abspath(args.output)) if local_out else None
         metrics, extra = zeroshot_on_dataset(enc, variables, source, args.dataset, args.split, args.examples,
                                              args.classnames, args.templates, cache_dir,
-                                             os.path.abspath(args.checkpoint), progress)
+                                             storage.normalize(args.checkpoint), progress)
     elif args.task == "retrieval":
         metrics, extra = retrieval_on_dataset(enc, variables, source, args.split, args.examples, progress)
     else:
@@ -167,17 +169,26 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     t0 = time.time()
-    if args.output:
+    if args.output and not storage.is_remote(args.output):
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     try:
         model = clipjax.load(args.checkpoint)
         task = {"tagging": tag2text_task, "captioning": tag2text_task, "segmentation": segmentation_task}
         metrics, extra = task.get(args.task, clip_task)(args, model)
     except (clipjax.CheckpointError, EvalError, ValueError, DatasetNotPreparedError, DownloadNotAllowedError,
-            NoUsableExamplesError, FileNotFoundError, json.JSONDecodeError) as e:
+            NoUsableExamplesError, FileNotFoundError, json.JSONDecodeError, storage.StorageError) as e:
         print(f"evaluate.py: error: {e}", file=sys.stderr)
         return 2
-    write_outputs(args, metrics, extra, time.time() - t0)
+    remote_output = args.output
+    try:
+        with storage.local_output(remote_output or "") as local:  # written here, uploaded when remote
+            args.output = local or None
+            write_outputs(args, metrics, extra, time.time() - t0)
+    except storage.StorageError as e:
+        print(f"evaluate.py: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        args.output = remote_output
     return 0
 
 

@@ -10,12 +10,12 @@ a model config is clipjax.convert.formats' (through clipjax.models.registry).
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import jax
 import numpy as np
 
+from clipjax import storage
 from clipjax.checksums import host_tree_checksums, mismatches
 from clipjax.variables import CheckpointError
 
@@ -32,7 +32,7 @@ def _ocp():
 
 def is_clipjax_checkpoint(path: str) -> bool:
     """A CheckpointManager root with at least one finished step holding a model config."""
-    if not os.path.isdir(path):
+    if not storage.isdir(path):
         return False
     return latest_step(path) is not None
 
@@ -41,11 +41,11 @@ def model_steps(path: str) -> list[int]:
     """Finished steps holding a model config, newest first (what clipjax.load may read)."""
     ocp = _ocp()
     try:
-        steps = ocp.CheckpointManager(os.path.abspath(path)).all_steps()
+        steps = ocp.CheckpointManager(storage.normalize(path)).all_steps()
     except Exception:
         return []
     # only finalised steps are listed by Orbax
-    return [s for s in sorted(steps, reverse=True) if os.path.isdir(os.path.join(path, str(s), CONFIG_ITEM))]
+    return [s for s in sorted(steps, reverse=True) if storage.isdir(storage.join(path, str(s), CONFIG_ITEM))]
 
 
 def latest_step(path: str) -> Optional[int]:
@@ -57,14 +57,14 @@ def array_metadata(path: str, step: int, item: str = MODEL_ITEM):
     """The stored tree of array metadata (shape, dtype, ...) of `item` at `step`, read from the
     item's own files (a bare CheckpointManager knows no handler for it and answers None)."""
     ocp = _ocp()
-    meta = ocp.StandardCheckpointer().metadata(os.path.join(os.path.abspath(path), str(step), item))
+    meta = ocp.StandardCheckpointer().metadata(storage.join(storage.normalize(path), str(step), item))
     return getattr(meta, "item_metadata", meta)
 
 
 def save_model(path: str, variables: dict, config_dict: dict, step: int = 0) -> None:
     """Write `variables` (params [+ batch_stats, constants]) and the config dict as step `step`."""
     ocp = _ocp()
-    path = os.path.abspath(path)
+    path = storage.normalize(path)
     with ocp.CheckpointManager(path) as mngr:
         mngr.save(step, args=ocp.args.Composite(**{
             MODEL_ITEM: ocp.args.StandardSave(jax.tree_util.tree_map(np.asarray, variables)),
@@ -76,7 +76,7 @@ def save_model(path: str, variables: dict, config_dict: dict, step: int = 0) -> 
 def read_config_dict(path: str, step: Optional[int] = None) -> tuple[int, dict]:
     """(step, stored config dict) of the latest (or given) step."""
     ocp = _ocp()
-    path = os.path.abspath(path)
+    path = storage.normalize(path)
     step = latest_step(path) if step is None else step
     if step is None:
         raise CheckpointError(f"{path} holds no finished clipjax checkpoint")
@@ -89,7 +89,7 @@ def read_variables(path: str, step: int, shardings=None) -> dict:
     """The variables of `step`. `shardings`, a pytree of jax.sharding.Sharding matching the
     variables, restores straight onto a mesh."""
     ocp = _ocp()
-    path = os.path.abspath(path)
+    path = storage.normalize(path)
     with ocp.CheckpointManager(path) as mngr:
         if shardings is None:
             # Restore onto this process's first device whatever mesh wrote it (a checkpoint
@@ -103,7 +103,7 @@ def read_variables(path: str, step: int, shardings=None) -> dict:
         else:
             restore = ocp.args.StandardRestore(shardings)
         items = {MODEL_ITEM: restore}
-        if os.path.isdir(os.path.join(path, str(step), CHECKSUM_ITEM)):
+        if storage.isdir(storage.join(path, str(step), CHECKSUM_ITEM)):
             items[CHECKSUM_ITEM] = ocp.args.JsonRestore()
         got = mngr.restore(step, args=ocp.args.Composite(**items))
     variables = dict(got[MODEL_ITEM])

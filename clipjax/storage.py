@@ -20,6 +20,7 @@ checkpoint aside) ask `is_remote` and use part objects or copies instead.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import glob as globlib
 import os
 import shutil
@@ -310,3 +311,70 @@ def check_writable_location(path) -> None:
         raise StorageError(f"{path}: cannot reach the object store ({type(e).__name__}: {_short(e)})") from None
     if not ok:
         raise StorageError(f"{path}: bucket {bucket!r} does not exist (create it first)")
+
+
+_DOWNLOADS: dict[str, str] = {}
+
+
+def local_copy(path) -> str:
+    """A local path holding what `path` holds: `path` itself when local; for a URL, a download
+    (file or directory) into a temporary directory, made once per process and removed at exit
+    (for readers that need a real file: transformers, torch.load)."""
+    path = os.fspath(path)
+    if not is_remote(path):
+        return _strip_file(path)
+    path = normalize(path)
+    if path not in _DOWNLOADS:
+        import atexit
+        import tempfile
+
+        tmp = tempfile.mkdtemp(prefix="clipjax-download-")
+        atexit.register(shutil.rmtree, tmp, True)
+        dest = os.path.join(tmp, basename(path))
+        if isdir(path):
+            fs, p = fs_and_path(path)
+            os.makedirs(dest)
+            for remote in _call(path, "listing it", lambda: fs.find(p)):
+                rel = remote[len(p.rstrip("/")) + 1:]
+                os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
+                _call(path, "downloading it", lambda r=remote, l=os.path.join(dest, rel): fs.get_file(r, l))
+        else:
+            if not exists(path):
+                raise FileNotFoundError(f"{path}: not found")
+            fs, p = fs_and_path(path)
+            _call(path, "downloading it", lambda: fs.get_file(p, dest))
+        _DOWNLOADS[path] = dest
+    return _DOWNLOADS[path]
+
+
+def upload_dir(local_dir: str, dest) -> None:
+    """Copy the files of a local directory to `dest` (local or remote), keeping the layout."""
+    dest = os.fspath(dest)
+    if not is_remote(dest):
+        shutil.copytree(local_dir, _strip_file(dest), dirs_exist_ok=True)
+        return
+    for root, _, files in os.walk(local_dir):
+        for name in files:
+            local = os.path.join(root, name)
+            rel = os.path.relpath(local, local_dir).replace(os.sep, "/")
+            with builtins.open(local, "rb") as f:
+                write_bytes(join(dest, rel), f.read())
+
+
+@contextlib.contextmanager
+def local_output(dest):
+    """A local path standing for `dest`: `dest` itself when local; for a URL, a path in a
+    temporary directory whose files (the one at that path and any written beside it, e.g.
+    <out>_confusion.png) are uploaded next to `dest` when the block ends without error."""
+    dest = os.fspath(dest)
+    if not is_remote(dest):
+        yield dest
+        return
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="clipjax-upload-")
+    try:
+        yield os.path.join(tmp, basename(dest))
+        upload_dir(tmp, dirname(dest))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

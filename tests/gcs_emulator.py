@@ -1,5 +1,5 @@
-"""A real GCS server on 127.0.0.1 for tests and benchmarks: gcp-storage-emulator (pip), in
-memory, on a free port, stopped when the context exits (or the test process dies: it is a
+"""A real GCS server on 127.0.0.1 for tests and benchmarks: gcp-storage-emulator (pip, with
+the one header fix of gcs_emulator_server.py), in memory, on a free port, stopped when the context exits (or the test process dies: it is a
 child in its own session, killed at exit).
 
     with gcs_emulator("bucket") as env:   # env: the variables that point clients at it
@@ -42,8 +42,8 @@ def emulator_env(url: str) -> dict:
 def gcs_emulator(*buckets: str):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", str(port),
-           "--in-memory"]
+    server = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gcs_emulator_server.py")
+    cmd = [sys.executable, server, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"]
     if buckets:
         cmd += ["--default-bucket", buckets[0]]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -8,7 +8,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent / "clipjax"
 
 # modules below every room: they import nothing of clipjax but each other
 BASE = {"clipjax.sharding", "clipjax.variables", "clipjax.checkpoint_format", "clipjax.tokenizer",
-        "clipjax.preprocess", "clipjax.errors", "clipjax.checksums"}
+        "clipjax.preprocess", "clipjax.errors", "clipjax.checksums", "clipjax.storage"}
 
 # room -> the rooms (and base modules) it may import; a room may always import itself
 ALLOWED = {

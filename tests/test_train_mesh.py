@@ -91,9 +91,9 @@ def test_checkpoint_restores_onto_another_mesh(tmp_path):
     # a fresh state on a (2, 2, 2) mesh, then the checkpoint restored onto it
     _, mesh, _, fresh, _ = _setup(config, dict(data=2, fsdp=2, tensor=2))
     mngr = ckpt.checkpoint_manager(str(tmp_path), config)
-    got, position = ckpt.restore(mngr, fresh)
+    got, resume = ckpt.restore(mngr, fresh)
     mngr.close()
-    assert position == 16 and int(got.step) == 1
+    assert resume.position == 16 and int(got.step) == 1
     for new, ref in zip(jax.tree_util.tree_leaves(got.variables), jax.tree_util.tree_leaves(fresh.variables)):
         assert new.sharding.is_equivalent_to(ref.sharding, new.ndim)  # on the new mesh's layout
     saved = jax.device_get(state.variables)

@@ -10,10 +10,9 @@ read through it.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Optional
 
-from clipjax import checkpoint_format as cf
+from clipjax import checkpoint_format as cf, storage
 from clipjax.convert.common import hf_model_type
 from clipjax.convert.hf_clip import is_hf_clip_dir, load_hf_clip
 from clipjax.convert.hf_clipseg import is_hf_clipseg_dir, load_hf_clipseg
@@ -36,7 +35,7 @@ def load_config(path: str, step: Optional[int] = None):
     try:
         return config_from_dict(d)
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{os.path.abspath(path)} step {step}: model config is not a CLIP config: {e}") from None
+        raise CheckpointError(f"{storage.normalize(path)} step {step}: model config is not a CLIP config: {e}") from None
 
 
 def load_clipjax(path: str, step: Optional[int] = None, shardings=None) -> tuple[CLIPConfig, dict]:
@@ -46,9 +45,9 @@ def load_clipjax(path: str, step: Optional[int] = None, shardings=None) -> tuple
     the variables, restores straight onto a mesh."""
     if step is not None:
         return load_config(path, step), cf.read_variables(path, step, shardings)
-    steps = cf.model_steps(os.path.abspath(path))
+    steps = cf.model_steps(storage.normalize(path))
     if not steps:
-        raise CheckpointError(f"{os.path.abspath(path)} holds no finished clipjax checkpoint")
+        raise CheckpointError(f"{storage.normalize(path)} holds no finished clipjax checkpoint")
     reasons = []
     for s in steps:
         try:
@@ -57,25 +56,33 @@ def load_clipjax(path: str, step: Optional[int] = None, shardings=None) -> tuple
             reason = str(e) if isinstance(e, CheckpointError) else short_error(e)
             log.warning("checkpoint step %d of %s cannot be read (%s); trying an older one", s, path, reason)
             reasons.append(f"step {s}: {reason}")
-    raise CheckpointError(f"no step of {os.path.abspath(path)} can be read:\n  " + "\n  ".join(reasons))
+    raise CheckpointError(f"no step of {storage.normalize(path)} can be read:\n  " + "\n  ".join(reasons))
 
 
 def detect_format(path: str) -> str:
     """"clipjax" (Orbax directory), "hf" (transformers CLIPModel directory) or "openai"
     (a state-dict file in the OpenAI / open_clip layout)."""
-    if not os.path.exists(path):
+    if not storage.exists(path):
         raise CheckpointError(f"No such checkpoint: {path}")
-    if os.path.isdir(path):
+    if storage.is_remote(path) and storage.isdir(path):
+        # Orbax reads object storage itself; other formats are read from a local copy
+        return "clipjax" if _is_clipjax_dir(path) else detect_format(storage.local_copy(path))
+    if storage.isdir(path):
         if is_hf_clip_dir(path):
             return "hf"
         mt = hf_model_type(path)
         if mt is not None:
             raise CheckpointError(f"{path} is a transformers {mt!r} model directory, not a CLIP model")
-        if cf.is_clipjax_checkpoint(path) or cf.is_clipjax_checkpoint(os.path.join(path, "checkpoints")):
+        if _is_clipjax_dir(path):
             return "clipjax"
         raise CheckpointError(
             f"{path} is neither a clipjax (Orbax) checkpoint nor a transformers CLIP directory")
     return "openai"
+
+
+def _is_clipjax_dir(path: str) -> bool:
+    """A clipjax checkpoint, or a training workdir whose checkpoints/ holds one."""
+    return cf.is_clipjax_checkpoint(path) or cf.is_clipjax_checkpoint(storage.join(path, "checkpoints"))
 
 
 def read_any(path: str) -> tuple[CLIPConfig, dict]:
@@ -83,16 +90,17 @@ def read_any(path: str) -> tuple[CLIPConfig, dict]:
     fmt = detect_format(path)
     if fmt == "clipjax":
         # a training workdir keeps its checkpoints under checkpoints/
-        run_dir = os.path.join(path, "checkpoints")
+        run_dir = storage.join(path, "checkpoints")
         return load_clipjax(run_dir if cf.is_clipjax_checkpoint(run_dir) else path)
     if fmt == "hf":
-        return load_hf_clip(path)
-
-    return load_openai(path)
+        return load_hf_clip(storage.local_copy(path))
+    return load_openai(storage.local_copy(path))
 
 
 def read_model(path: str):
     """`read_any`, and also a transformers CLIPSeg directory: (config, variables) of any model."""
-    if os.path.isdir(path) and is_hf_clipseg_dir(path):
-        return load_hf_clipseg(path)
+    if storage.isdir(path) and not (storage.is_remote(path) and _is_clipjax_dir(path)):
+        local = storage.local_copy(path)
+        if is_hf_clipseg_dir(local):
+            return load_hf_clipseg(local)
     return read_any(path)

@@ -21,7 +21,8 @@ class Task:
     dummy_inputs: tuple  # example inputs for model.init
     # (params, other_variables, *batch, rng) -> ((loss, updates), grads)
     value_and_grad: Callable
-    # (position) -> iterator of batches: tuples of global arrays, the step's *batch
+    # (position[, data_state]) -> iterator of batches: tuples of global arrays, the step's *batch;
+    # data_state (a JSON-able dict) only for streams with a `state()` of their own (shard streams)
     make_data: Callable[[int], Any]
     # () -> evaluate(variables) -> metrics, or None
     make_evaluator: Callable[[], Optional[Callable]]

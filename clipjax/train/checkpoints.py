@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clipjax import storage
 from clipjax.checkpoint_format import CHECKSUM_ITEM, CONFIG_ITEM, MODEL_ITEM, array_metadata
 from clipjax.checksums import mismatches, tree_checksums
 from clipjax.variables import CheckpointError, flatten_variables, short_error
@@ -41,7 +41,7 @@ UNRESTORABLE_DIR = "unrestorable"
 
 
 def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
+    return storage.join(storage.normalize(workdir), "checkpoints")
 
 
 def checkpoint_manager(workdir: str, config):
@@ -55,18 +55,17 @@ def checkpoint_manager(workdir: str, config):
 
 def is_committed(step_dir: str) -> bool:
     """A step directory Orbax finished: final name and a commit timestamp in its metadata."""
-    meta = os.path.join(step_dir, "_CHECKPOINT_METADATA")
+    meta = storage.join(step_dir, "_CHECKPOINT_METADATA")
     try:
-        with open(meta) as f:
-            return json.load(f).get("commit_timestamp_nsecs") is not None
-    except (OSError, ValueError):
+        return json.loads(storage.read_text(meta)).get("commit_timestamp_nsecs") is not None
+    except (OSError, ValueError):  # StorageError is a ValueError
         return False
 
 
 def committed_steps(mngr) -> list[int]:
     """Finished steps, newest first (Orbax already skips *.orbax-checkpoint-tmp dirs)."""
     root = str(mngr.directory)
-    return [s for s in sorted(mngr.all_steps(), reverse=True) if is_committed(os.path.join(root, str(s)))]
+    return [s for s in sorted(mngr.all_steps(), reverse=True) if is_committed(storage.join(root, str(s)))]
 
 
 def _state_items(state) -> dict:
@@ -81,8 +80,9 @@ def state_checksums(state) -> dict:
     return {name: tree_checksums(tree) for name, tree in _state_items(state).items()}
 
 
-def save(mngr, state, cfg, config, data_position: int) -> int:
-    """Queue an async save of `state` as step state.step; returns the step."""
+def save(mngr, state, cfg, config, data_position: int, data_states: list | None = None) -> int:
+    """Queue an async save of `state` as step state.step; returns the step. `data_states`:
+    each process's position in its own input stream (shard streams), in process order."""
     import orbax.checkpoint as ocp
 
     step = int(state.step)
@@ -91,7 +91,7 @@ def save(mngr, state, cfg, config, data_position: int) -> int:
         CONFIG_ITEM: ocp.args.JsonSave(cfg.to_dict()),
         OPT_ITEM: ocp.args.StandardSave(state.opt_state),
         TRAIN_STATE_ITEM: ocp.args.JsonSave({
-            "step": step, "data_position": int(data_position),
+            "step": step, "data_position": int(data_position), "data_states": data_states,
             "rng": [int(x) for x in np.asarray(jax.device_get(_replicated_host(state.rng))).ravel()]}),
         TRAIN_CONFIG_ITEM: ocp.args.JsonSave(json.loads(config.to_json_best_effort())),
         CHECKSUM_ITEM: ocp.args.JsonSave(state_checksums(state)),
@@ -132,7 +132,7 @@ def shape_problems(mngr, step: int, state) -> list[str]:
 
 
 def _restore_step(mngr, step: int, state):
-    """(restored state, data position) of `step`, or raises CheckpointError saying why not."""
+    """(restored state, Resume) of `step`, or raises CheckpointError saying why not."""
     import orbax.checkpoint as ocp
 
     bad = shape_problems(mngr, step, state)
@@ -143,11 +143,11 @@ def _restore_step(mngr, step: int, state):
         OPT_ITEM: ocp.args.StandardRestore(_target(state.opt_state)),
         TRAIN_STATE_ITEM: ocp.args.JsonRestore(),
     }
-    root = os.path.join(str(mngr.directory), str(step))
-    has_ema = os.path.isdir(os.path.join(root, EMA_ITEM))
+    root = storage.join(str(mngr.directory), str(step))
+    has_ema = storage.isdir(storage.join(root, EMA_ITEM))
     if state.ema is not None and has_ema:
         items[EMA_ITEM] = ocp.args.StandardRestore(_target(state.ema))
-    if os.path.isdir(os.path.join(root, CHECKSUM_ITEM)):
+    if storage.isdir(storage.join(root, CHECKSUM_ITEM)):
         items[CHECKSUM_ITEM] = ocp.args.JsonRestore()
     try:
         got = mngr.restore(step, args=ocp.args.Composite(**items))
@@ -171,23 +171,46 @@ def _restore_step(mngr, step: int, state):
         bad = [f"{item}{path}" for item in stored if item in now for path in mismatches(stored[item], now[item])]
         if bad:
             raise CheckpointError(f"checksums differ (corrupted data) in {len(bad)} arrays: " + ", ".join(bad[:6]))
-    return new, int(meta["data_position"])
+    return new, Resume(int(meta["data_position"]), meta.get("data_states"))
+
+
+class Resume:
+    """Where the input stream of a restored run continues: the global position (examples
+    handed out) and, for streams whose processes read their own shards, each process's state."""
+
+    def __init__(self, position: int = 0, data_states: list | None = None):
+        self.position = int(position)
+        self.data_states = data_states
+
+    def data_state(self):
+        """This process's saved stream state, or None (none saved, or saved by another number
+        of processes: the stream then starts its epoch again, said in one line)."""
+        if not self.data_states:
+            return None
+        if len(self.data_states) != jax.process_count():
+            log.warning("the checkpoint's input position was saved by %d processes and this run has %d: each "
+                        "process's shard stream starts a new pass over its shards (examples may repeat or be "
+                        "skipped once; parameters and optimizer are restored exactly)",
+                        len(self.data_states), jax.process_count())
+            return None
+        return self.data_states[jax.process_index()]
 
 
 def move_aside(mngr, step: int, reason: str) -> str:
     """Rename step `step` to checkpoints/unrestorable/<step>[-k] with the reason in a text file
     beside it (process 0; the others wait). Nothing is deleted; Orbax no longer sees the step."""
     root = str(mngr.directory)
-    dest = os.path.join(root, UNRESTORABLE_DIR, str(step))
+    dest = storage.join(root, UNRESTORABLE_DIR, str(step))
     if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        storage.makedirs(storage.dirname(dest))
         k = 1
-        while os.path.exists(dest):
-            dest = os.path.join(root, UNRESTORABLE_DIR, f"{step}-{k}")
+        while storage.exists(dest):
+            dest = storage.join(root, UNRESTORABLE_DIR, f"{step}-{k}")
             k += 1
-        os.rename(os.path.join(root, str(step)), dest)
-        with open(dest + ".reason.txt", "w") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} step {step} could not be restored: {reason}\n")
+        # the reason first: on an object store the move is a copy, then a removal of the source
+        storage.write_text(dest + ".reason.txt",
+                           f"{time.strftime('%Y-%m-%d %H:%M:%S')} step {step} could not be restored: {reason}\n")
+        storage.move(storage.join(root, str(step)), dest)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -198,7 +221,7 @@ def move_aside(mngr, step: int, reason: str) -> str:
 
 def restore(mngr, state, fresh_start: bool = False):
     """Restore the newest committed step that reads back intact onto `state`'s shardings (any
-    mesh) -> (state, data_position). Newer steps that fail are moved aside (kept, named, with
+    mesh) -> (state, Resume). Newer steps that fail are moved aside (kept, named, with
     their reason). When steps exist but none restores: CheckpointError naming each step and
     why, unless `fresh_start`, which moves them all aside and starts from `state`."""
     steps = committed_steps(mngr)
@@ -208,24 +231,24 @@ def restore(mngr, state, fresh_start: bool = False):
     failed = []
     for step in steps:
         try:
-            new, position = _restore_step(mngr, step, state)
+            new, resume = _restore_step(mngr, step, state)
         except CheckpointError as e:
             log.warning("checkpoint step %d cannot be restored: %s", step, e)
             failed.append((step, str(e)))
             continue
         for bad, reason in failed:  # before training past them: never overwritten, never repeated
             log.warning("moved unrestorable step %d to %s", bad, move_aside(mngr, bad, reason))
-        return new, position
+        return new, resume
     if failed and not fresh_start:
         lines = "\n".join(f"  step {s}: {r}" for s, r in failed)
         raise CheckpointError(
             f"no checkpoint in {mngr.directory} can be restored, so nothing was trained or written:\n{lines}\n"
             "Resume with the config that wrote them, or start this workdir from scratch with --fresh_start "
-            f"(the steps are kept, moved to {os.path.join(str(mngr.directory), UNRESTORABLE_DIR)}), or use "
+            f"(the steps are kept, moved to {storage.join(str(mngr.directory), UNRESTORABLE_DIR)}), or use "
             "another --workdir.")
     for bad, reason in failed:
         log.warning("fresh start: moved step %d to %s", bad, move_aside(mngr, bad, reason))
-    return state, 0
+    return state, Resume()
 
 
 def save_failure(mngr, error: BaseException) -> CheckpointError:

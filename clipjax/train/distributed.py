@@ -104,3 +104,23 @@ def maybe_initialize_distributed(config=None) -> bool:
     log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
              jax.local_device_count(), jax.device_count())
     return True
+
+
+def gather_json(obj) -> list:
+    """Every process's JSON-able `obj`, in process order, on every process (one process: [obj]).
+    Used for what each process alone knows, e.g. its position in its own data shards, so that
+    process 0 can store all of them in the checkpoint."""
+    import json
+
+    if jax.process_count() == 1:
+        return [obj]
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(obj).encode("utf-8"), np.uint8)
+    sizes = multihost_utils.process_allgather(np.asarray([data.size], np.int64))
+    longest = int(np.max(sizes))
+    padded = np.zeros(longest, np.uint8)
+    padded[:data.size] = data
+    every = multihost_utils.process_allgather(padded)
+    return [json.loads(bytes(every[i][:int(sizes[i][0])]).decode("utf-8")) for i in range(jax.process_count())]

@@ -11,17 +11,16 @@ clipjax.tasks, which picks one by config.task) and trains the Task it returns.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import time
 
 import jax
 import flax.linen as nn
 
-from clipjax import sharding as shd
+from clipjax import sharding as shd, storage
 from clipjax.errors import ConfigError
 from clipjax.train import checkpoints as ckpt, metrics as tm
-from clipjax.train.distributed import maybe_initialize_distributed
+from clipjax.train.distributed import gather_json, maybe_initialize_distributed
 from clipjax.train.state import create_state, make_guarded_step
 
 log = logging.getLogger("clipjax.train")
@@ -70,6 +69,14 @@ def _preempted(step: int) -> bool:
         return False
 
 
+def data_states(data) -> list | None:
+    """Each process's position in its own input stream (a shard stream, whose processes read
+    different shards), gathered in process order for the checkpoint; None for streams whose
+    global position says it all."""
+    state = getattr(data, "state", None)
+    return gather_json(state()) if callable(state) else None
+
+
 def config_problems(config) -> list[str]:
     """What in the generic part of a training config the loop cannot run (one line each)."""
     problems = []
@@ -101,7 +108,9 @@ def train(config, workdir: str, make_task, devices=None, task_problems=None, fre
     `fresh_start`, which moves them aside and starts from scratch."""
     check_config(config, task_problems)
     maybe_initialize_distributed(config)  # before anything touches a device
-    os.makedirs(workdir, exist_ok=True)
+    workdir = storage.normalize(workdir)
+    storage.check_writable_location(workdir)  # an unreachable store or missing bucket: one line, now
+    storage.makedirs(workdir)
     mesh = shd.make_mesh(dict(config.mesh), devices)
     num_devices = mesh.devices.size
     rules = shd.rules_from_config(config.get("axis_rules"))
@@ -114,7 +123,7 @@ def train(config, workdir: str, make_task, devices=None, task_problems=None, fre
     state, tx, schedule = create_state(task.model, config, mesh, rules, task.dummy_inputs, task.post_init)
     mngr = ckpt.checkpoint_manager(workdir, config)
     try:
-        state, position = ckpt.restore(mngr, state, fresh_start)
+        state, resume = ckpt.restore(mngr, state, fresh_start)
     except BaseException:
         mngr.close()
         raise
@@ -127,7 +136,8 @@ def train(config, workdir: str, make_task, devices=None, task_problems=None, fre
     if start:
         log.info("resumed from step %d", start)
 
-    data = task.make_data(position)
+    data_state = resume.data_state()
+    data = task.make_data(resume.position) if data_state is None else task.make_data(resume.position, data_state)
     evaluator = task.make_evaluator()
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         step_fn = jax.jit(make_guarded_step(task.value_and_grad, tx, float(config.get("ema_decay", 0.0) or 0.0)),
@@ -201,7 +211,7 @@ def train(config, workdir: str, make_task, devices=None, task_problems=None, fre
                 if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.total_steps or stop:
                     check(raw)  # never save a state that saw a non-finite step
                     try:
-                        ckpt.save(mngr, state, cfg, config, data.position)
+                        ckpt.save(mngr, state, cfg, config, data.position, data_states(data))
                     except Exception as e:  # noqa: BLE001 - the previous async save failed
                         raise ckpt.save_failure(mngr, e) from None
                 if stop:

@@ -16,10 +16,14 @@ import logging
 import math
 import os
 import queue
+import shutil
 import threading
+import time
 from typing import Optional
 
 import jax
+
+from clipjax import storage
 
 log = logging.getLogger("clipjax.train")
 
@@ -153,15 +157,32 @@ def _tensorboard_writer(logdir: str):
 
 class _TensorBoard:
     """Scalars written from a background thread: importing a TensorBoard backend (TensorFlow
-    takes seconds) never delays the training loop."""
+    takes seconds) never delays the training loop. For a workdir on object storage the event
+    files are written to a local directory and uploaded (whole files) every `upload_every_s`
+    and at close: event files are appended to, which object stores cannot do."""
 
-    def __init__(self, logdir: str):
+    def __init__(self, logdir: str, upload_every_s: float = 60.0):
         self._q: queue.Queue = queue.Queue()
+        self._remote = logdir if storage.is_remote(logdir) else None
+        self._upload_every_s = upload_every_s
+        if self._remote:
+            import tempfile
+
+            logdir = tempfile.mkdtemp(prefix="clipjax-tensorboard-")
+        self._local = logdir
         self._thread = threading.Thread(target=self._run, args=(logdir,), daemon=True, name="clipjax-tb")
         self._thread.start()
 
+    def _upload(self):
+        if self._remote:
+            try:
+                storage.upload_dir(self._local, self._remote)
+            except Exception as e:  # noqa: BLE001 - TensorBoard is optional; metrics.jsonl is the record
+                log.warning("TensorBoard upload to %s failed: %s", self._remote, e)
+
     def _run(self, logdir):
         backend = _tensorboard_writer(logdir)
+        uploaded = time.time()
         while True:
             item = self._q.get()
             if item is None:
@@ -176,8 +197,14 @@ class _TensorBoard:
                 except Exception as e:  # noqa: BLE001 - TensorBoard is optional
                     log.debug("TensorBoard disabled: %s", e)
                     backend = None
+            if self._remote and time.time() - uploaded > self._upload_every_s:
+                self._upload()
+                uploaded = time.time()
         if backend is not None:
             backend[2]()
+        self._upload()
+        if self._remote:
+            shutil.rmtree(self._local, ignore_errors=True)
 
     def write(self, step: int, record: dict):
         self._q.put((step, record))
@@ -187,21 +214,109 @@ class _TensorBoard:
         self._thread.join(timeout)
 
 
+METRICS_FILE = "metrics.jsonl"
+METRICS_PARTS_DIR = "metrics"  # on object storage: metrics/part-NNNNNN.jsonl
+PART_LINES = 200  # a part object is rewritten whole on each record: keep it small
+
+
+class _PartObjects:
+    """metrics.jsonl for object storage, which cannot append: records go to part objects
+    metrics/part-NNNNNN.jsonl, the current part rewritten whole (by a background thread, so a
+    slow store never stalls a step) after each record and a new part begun every PART_LINES
+    records. A resumed run starts a new part after the existing ones; nothing is overwritten."""
+
+    def __init__(self, workdir: str):
+        self._dir = storage.join(workdir, METRICS_PARTS_DIR)
+        try:
+            existing = [n for n in storage.listdir(self._dir) if n.startswith("part-")]
+        except FileNotFoundError:
+            existing = []
+        self._index = max((int(n[5:11]) for n in existing if n[5:11].isdigit()), default=-1) + 1
+        self._lines: list[str] = []
+        self._q: queue.Queue = queue.Queue()
+        self._error: Exception | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="clipjax-metrics")
+        self._thread.start()
+
+    def _run(self):
+        while True:
+            item = self._q.get()
+            if item is None:
+                break
+            while not self._q.empty():  # only the newest content of a part matters
+                nxt = self._q.queue[0]
+                if nxt is None or nxt[0] != item[0]:
+                    break
+                item = self._q.get()
+            index, text = item
+            try:
+                storage.write_text(storage.join(self._dir, f"part-{index:06d}.jsonl"), text)
+            except Exception as e:  # noqa: BLE001 - said once at close
+                self._error = e
+
+    def write(self, line: str):
+        self._lines.append(line)
+        self._q.put((self._index, "".join(self._lines)))
+        if len(self._lines) >= PART_LINES:
+            self._index, self._lines = self._index + 1, []
+
+    def close(self):
+        self._q.put(None)
+        self._thread.join(120)
+        if self._error is not None:
+            log.warning("writing metrics to %s failed: %s", self._dir, self._error)
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """The records of a run's metrics.jsonl (or of its part objects on object storage), in
+    order; lines that do not parse are passed over."""
+    texts = []
+    local = storage.join(workdir, METRICS_FILE)
+    if storage.exists(local):
+        texts.append(storage.read_text(local))
+    parts = storage.join(workdir, METRICS_PARTS_DIR)
+    if storage.is_remote(workdir):
+        try:
+            names = [n for n in storage.listdir(parts) if n.startswith("part-")]
+        except FileNotFoundError:
+            names = []
+        texts += [storage.read_text(storage.join(parts, n)) for n in sorted(names)]
+    out = []
+    for text in texts:
+        for line in text.splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(r, dict):
+                out.append(r)
+    return out
+
+
 class MetricsWriter:
     """metrics.jsonl (+ TensorBoard scalars under WORKDIR/tensorboard when a backend imports).
-    Only process 0 writes."""
+    Only process 0 writes. On object storage the records go to part objects (_PartObjects)."""
 
     def __init__(self, workdir: str, tensorboard: bool = True):
         self.enabled = jax.process_index() == 0
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        self._file = open(self.path, "a") if self.enabled else None
-        self._tb = _TensorBoard(os.path.join(workdir, "tensorboard")) if self.enabled and tensorboard else None
+        self.path = storage.join(workdir, METRICS_FILE)
+        self._file = self._parts = None
+        if self.enabled:
+            if storage.is_remote(workdir):
+                self._parts = _PartObjects(workdir)
+            else:
+                self._file = open(self.path, "a")
+        self._tb = _TensorBoard(storage.join(workdir, "tensorboard")) if self.enabled and tensorboard else None
 
     def write(self, record: dict):
         if not self.enabled:
             return
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        line = json.dumps(record) + "\n"
+        if self._parts is not None:
+            self._parts.write(line)
+        else:
+            self._file.write(line)
+            self._file.flush()
         if self._tb is not None and "step" in record:
             self._tb.write(int(record["step"]), record)
 
@@ -209,6 +324,9 @@ class MetricsWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._parts is not None:
+            self._parts.close()
+            self._parts = None
         if self._tb is not None:
             self._tb.close()
             self._tb = None
@@ -216,8 +334,11 @@ class MetricsWriter:
 
 def plot_loss_curve(workdir: str, out_name: str = "loss_curve.png") -> Optional[str]:
     """Loss (and zero-shot top-1 when present) against step from metrics.jsonl -> PNG."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if jax.process_index() != 0 or not os.path.exists(path):
+    if jax.process_index() != 0:
+        return None
+    try:
+        records = read_metrics(workdir)
+    except (OSError, ValueError):
         return None
     try:
         import matplotlib
@@ -227,16 +348,11 @@ def plot_loss_curve(workdir: str, out_name: str = "loss_curve.png") -> Optional[
     except Exception:
         return None
     loss, acc = {}, {}
-    with open(path) as f:
-        for line in f:
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue
-            if "loss" in r and "step" in r:
-                loss[r["step"]] = r["loss"]  # a resumed run rewrites steps: keep the latest
-            if "zeroshot_top1" in r and "step" in r:
-                acc[r["step"]] = r["zeroshot_top1"]
+    for r in records:
+        if "loss" in r and "step" in r:
+            loss[r["step"]] = r["loss"]  # a resumed run rewrites steps: keep the latest
+        if "zeroshot_top1" in r and "step" in r:
+            acc[r["step"]] = r["zeroshot_top1"]
     if not loss:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -250,12 +366,13 @@ def plot_loss_curve(workdir: str, out_name: str = "loss_curve.png") -> Optional[
         ax2.plot(s2, [acc[s] for s in s2], "o-", color="tab:orange", label="zero-shot top-1")
         ax2.set_ylabel("zero-shot top-1")
         ax2.set_ylim(0, 1)
-    ax.set_title(os.path.basename(os.path.abspath(workdir)))
+    ax.set_title(storage.basename(storage.normalize(workdir)))
     fig.tight_layout()
-    out = os.path.join(workdir, out_name)
-    fig.savefig(out, dpi=100)
+    out = storage.join(workdir, out_name)
+    with storage.local_output(out) as local:
+        fig.savefig(local, dpi=100)
     plt.close(fig)
     return out
 
 
-__all__ = ["xla_flops", "jaxpr_flops", "step_flops", "mfu", "MetricsWriter", "plot_loss_curve"]
+__all__ = ["xla_flops", "jaxpr_flops", "step_flops", "mfu", "MetricsWriter", "read_metrics", "plot_loss_curve"]
