@@ -321,7 +321,8 @@ class ShardStream:
                  seed: int = 0, in_flight: int = 4, shuffle_buffer: int = 0, resampled: bool = False,
                  epochs: int | None = None, state: dict | None = None, threads: bool = True,
                  max_member_bytes: int = MAX_FILE_BYTES, read_ahead_samples: int = 64,
-                 read_ahead_bytes: int = 64 * 2**20, retries: int = 3, retry_backoff: float = 0.5):
+                 read_ahead_bytes: int = 64 * 2**20, retries: int = 3, retry_backoff: float = 0.5,
+                 remote_block_size: int = 8 * 2**20):
         self.lists, self.weights = parse_sources(source, weights)
         self.urls: list[str] = [u for lst in self.lists for u in lst]
         self._list_of = np.repeat(np.arange(len(self.lists)), [len(x) for x in self.lists])
@@ -334,6 +335,7 @@ class ShardStream:
         self.threads, self.max_member_bytes = bool(threads), int(max_member_bytes)
         self.read_ahead_samples, self.read_ahead_bytes = max(1, int(read_ahead_samples)), int(read_ahead_bytes)
         self.retries, self.retry_backoff = int(retries), float(retry_backoff)
+        self.remote_block_size = int(remote_block_size)
         self.counts = _Counts()
         self._epoch_cache: collections.OrderedDict = collections.OrderedDict()
         self._draw_cache: tuple[int, np.ndarray] | None = None
@@ -418,7 +420,7 @@ class ShardStream:
         pos, attempt = int(start), 0
         while True:
             try:
-                with storage.open(url, "rb") as f:
+                with self._open_file(url) as f:
                     if pos:
                         f.seek(pos)
                     for s_start, sample, s_next in iter_samples(f, pos, self.max_member_bytes, self.counts):
@@ -437,11 +439,19 @@ class ShardStream:
                 self.counts.add("read_retries")
                 time.sleep(self.retry_backoff * 2 ** (attempt - 1))
 
+    def _open_file(self, url: str):
+        """A binary file of the shard; an object store's with a plain read-ahead cache of
+        `remote_block_size` (gcsfs's default "adaptive" cache made a request per small read:
+        8 s for a 2 MB shard of 512-byte tar headers from the emulator, 0.04 s this way)."""
+        if storage.is_remote(url):
+            return storage.open(url, "rb", cache_type="readahead", block_size=self.remote_block_size)
+        return storage.open(url, "rb")
+
     def _read_one(self, url: str, offset: int) -> dict | None:
         """The sample at `offset` of `url` (re-reading a buffered sample on resume)."""
         for attempt in range(self.retries + 1):
             try:
-                with storage.open(url, "rb") as f:
+                with self._open_file(url) as f:
                     f.seek(offset)
                     for _, sample, _ in iter_samples(f, offset, self.max_member_bytes):
                         return sample
