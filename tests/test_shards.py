@@ -180,6 +180,11 @@ def test_state_is_small(shards):
     text = json.dumps(s)
     assert len(text) < 400 + 20 * len(s["buffer"]), len(text)
     assert "caption" not in text  # references, never bytes
+    # a state resumes only the stream it was taken from
+    with pytest.raises(ConfigError, match="in_flight: saved 4, now 2"):
+        ShardStream(f"{a}::{b}", in_flight=2, shuffle_buffer=30, seed=2, state=s)
+    with pytest.raises(ConfigError, match="process"):
+        ShardStream(f"{a}::{b}", in_flight=4, shuffle_buffer=30, seed=2, process_count=2, state=s)
 
 
 # ------------------------------------------------------------------------------ failures
@@ -344,6 +349,7 @@ def test_shard_train_data_batches_and_resume(tmp_path):
         states.append(json.loads(json.dumps(data.state())))
     counts = data.counts()
     data.close()
+    assert not data._thread.is_alive()  # the process can exit
     assert data.position == 80
     for imgs, ids in batches:
         assert imgs.shape == (16, s, s, 3) and imgs.dtype == np.float32
