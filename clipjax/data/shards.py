@@ -580,15 +580,29 @@ class ShardStream:
         for seq, off in refs:
             by_shard[seq].append(off)
         got: dict[tuple[int, int], dict] = {}
-        for seq, offs in by_shard.items():
-            url = self.urls[self.shard_at(seq)]
-            for off in sorted(set(offs)):
+        jobs = [(seq, self.urls[self.shard_at(seq)], sorted(set(offs))) for seq, offs in by_shard.items()]
+
+        def reread(job):  # one shard's buffered samples, in offset order (one read-ahead block serves many)
+            seq, url, offs = job
+            out = []
+            for off in offs:
                 sample = self._read_one(url, off)
                 self.counts.add("resume_rereads")
                 if sample is None:
                     self.counts.add("resume_lost")
-                    continue
-                got[(seq, off)] = self._tag(sample, seq, url)
+                else:
+                    out.append(((seq, off), self._tag(sample, seq, url)))
+            return out
+
+        if len(jobs) > 1 and self.threads:
+            import concurrent.futures
+
+            with concurrent.futures.ThreadPoolExecutor(min(16, len(jobs))) as pool:
+                results = list(pool.map(reread, jobs))
+        else:
+            results = [reread(j) for j in jobs]
+        for part in results:
+            got.update(part)
         self._buffer = [(seq, off, dict(got[(seq, off)])) for seq, off in refs if (seq, off) in got]
 
     # ------------------------------------------------------------------ lifetime
