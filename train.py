@@ -60,7 +60,8 @@ def main(argv):
         final = train(config, _WORKDIR.value, fresh_start=_FRESH.value)
     except NonFiniteLossError as e:
         fail(e, 1)
-    except (CheckpointError, ConfigError, DatasetNotPreparedError, DownloadNotAllowedError, NoUsableExamplesError) as e:
+    except (CheckpointError, ConfigError, DatasetNotPreparedError, DownloadNotAllowedError, NoUsableExamplesError,
+            FileNotFoundError) as e:  # FileNotFoundError: a data file or shard named in the config
         fail(e)
     if final.get("finished"):
         print(f"already finished: {_WORKDIR.value} is at step {final['step']} of config.total_steps; nothing to do")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import glob as globlib
+import logging
 import os
 import shutil
 
@@ -40,6 +41,9 @@ def _set_env_defaults() -> None:
 
 
 _set_env_defaults()
+# gcsfs logs every exhausted retry with a traceback; the errors reach the caller anyway, and
+# clipjax says them in one line naming the path.
+logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
 
 
 class StorageError(ConfigError):
@@ -63,7 +67,8 @@ def fs_and_path(path):
     """(fsspec filesystem, path inside it) for a remote URL."""
     import fsspec
 
-    kwargs = {}
+    # No listings cache: a run polls for steps other processes (or Orbax's threads) just wrote.
+    kwargs = {"use_listings_cache": False}
     if scheme(path) in ("gs", "gcs") and os.environ.get("STORAGE_EMULATOR_HOST"):
         kwargs["token"] = "anon"  # an emulator takes no credentials
     try:
@@ -117,6 +122,8 @@ def _call(path, what: str, fn):
     except PermissionError as e:
         raise StorageError(f"{path}: permission denied while {what} ({_short(e)})") from None
     except OSError as e:
+        if "forbidden" in str(e).lower():  # gcsfs' HttpError for a 403
+            raise StorageError(f"{path}: permission denied while {what} ({_short(e)})") from None
         raise StorageError(f"{path}: {what} failed ({_short(e)})") from None
     except Exception as e:  # noqa: BLE001 - aiohttp / google-auth errors are not OSErrors
         raise StorageError(f"{path}: {what} failed ({type(e).__name__}: {_short(e)})") from None
@@ -272,6 +279,8 @@ def expand(pattern, must_exist: bool = True) -> list[str]:
         for item in out:
             by_dir.setdefault(dirname(item), []).append(item)
         for d, items in by_dir.items():
+            if is_remote(d):
+                check_reachable(d)
             if is_remote(d) or len(items) > 1:
                 try:
                     present = set(listdir(d))
@@ -289,24 +298,61 @@ def expand(pattern, must_exist: bool = True) -> list[str]:
 def _glob(pattern: str) -> list[str]:
     if not is_remote(pattern):
         return sorted(globlib.glob(_strip_file(pattern)))
+    check_reachable(pattern)
     fs, p = fs_and_path(pattern)
     prefix = scheme(pattern) + "://"
     return sorted(prefix + m for m in _call(pattern, "listing it", lambda: fs.glob(p)))
 
 
 # ------------------------------------------------------------------------------ checks
+def endpoint(path) -> tuple[str, int] | None:
+    """(host, port) of the object store serving `path`: the emulator / private endpoint the
+    environment names, else the public one; None for local paths."""
+    from urllib.parse import urlparse
+
+    kind = scheme(path)
+    if kind in ("gs", "gcs"):
+        url = os.environ.get("STORAGE_EMULATOR_HOST") or "https://storage.googleapis.com"
+    elif kind == "s3":
+        url = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "https://s3.amazonaws.com"
+    else:
+        return None
+    u = urlparse(url if "://" in url else f"http://{url}")
+    return u.hostname or "localhost", u.port or (443 if u.scheme == "https" else 80)
+
+
+def check_reachable(path, timeout_s: float = 10.0) -> None:
+    """A TCP connection to the store serving `path` opens within `timeout_s`; otherwise one line
+    now, instead of the filesystem's minute of retries and their tracebacks."""
+    import socket
+
+    where = endpoint(path)
+    if where is None:
+        return
+    try:
+        socket.create_connection(where, timeout=timeout_s).close()
+    except OSError as e:
+        raise StorageError(f"{path}: cannot reach the object store at {where[0]}:{where[1]} "
+                           f"({e.strerror or type(e).__name__})") from None
+
+
 def check_writable_location(path) -> None:
     """Before the first step: the bucket of a remote workdir exists and answers (one line
     naming the path otherwise: unreachable endpoint, missing bucket, no permission)."""
     path = os.fspath(path)
     if not is_remote(path):
         return
+    check_reachable(path)
     fs, p = fs_and_path(path)
     bucket = p.split("/", 1)[0]
     try:
         ok = fs.exists(bucket)
     except PermissionError as e:
         raise StorageError(f"{path}: permission denied on bucket {bucket!r} ({_short(e)})") from None
+    except OSError as e:
+        if "forbidden" in str(e).lower() or "403" in str(e):
+            raise StorageError(f"{path}: permission denied on bucket {bucket!r} ({_short(e)})") from None
+        raise StorageError(f"{path}: cannot reach the object store ({type(e).__name__}: {_short(e)})") from None
     except Exception as e:  # noqa: BLE001 - connection refused, DNS, auth: one line
         raise StorageError(f"{path}: cannot reach the object store ({type(e).__name__}: {_short(e)})") from None
     if not ok:

@@ -26,6 +26,10 @@ def get_config():
     c.data = ml_collections.ConfigDict(dict(name="clipjax_shapes", seed=0, data_dir="", source="", split="train",
                                             shuffle_buffer=10_000, shuffle_buffer_bytes=2**30, tokenizer="",
                                             builder_kwargs={}, device_prefetch=2, confine_paths=False,
+                                            # name="shards": webdataset tar shards, source like open_clip's
+                                            # "gs://b/laion/{00000..41455}.tar::/data/cc/{000..999}.tar"
+                                            source_weights="", resampled=False, in_flight=4, decode_threads=4,
+                                            host_prefetch=2,
                                             # clipjax_shapes' size (other datasets ignore it)
                                             shapes=dict(image_size=64, num_train=10_000, num_validation=1000,
                                                         num_test=1000)))

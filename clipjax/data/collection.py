@@ -37,7 +37,6 @@ once is counted once and not read again in later epochs.
 from __future__ import annotations
 
 import csv
-import glob as globlib
 import io
 import json
 import os
@@ -47,6 +46,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from clipjax import storage
 from clipjax.errors import ConfigError
 from clipjax.data.images import (
     DEFAULT_MAX_CAPTION_CHARS,
@@ -66,17 +66,14 @@ TAR_EXTS = (".tar", ".tar.gz", ".tgz")
 
 
 def _expand(source: str | os.PathLike | Sequence[str]) -> list[str]:
+    """Files of the source: each item a path, URL (gs://, s3://), glob or brace pattern."""
     items = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     paths: list[str] = []
     for item in items:
-        item = os.fspath(item)
-        matches = sorted(globlib.glob(item)) if globlib.has_magic(item) else [item]
-        if not matches:
-            raise FileNotFoundError(f"no file matches {item!r}")
-        for m in matches:
-            if not os.path.isfile(m):
-                raise FileNotFoundError(f"collection file not found: {m}")
-        paths.extend(matches)
+        try:
+            paths.extend(storage.expand(os.fspath(item)))
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"collection file not found: {e}") from None
     if not paths:
         raise FileNotFoundError(f"no collection files in {source!r}")
     return paths
@@ -203,7 +200,7 @@ class ImageTextCollection:
     def _rows(self, path: str):
         kind = _kind(path)
         if kind == "jsonl":
-            with open(path, "rb") as f:
+            with storage.open(path, "rb") as f:
                 for line in f:
                     if not line.strip():
                         continue
@@ -215,7 +212,8 @@ class ImageTextCollection:
             return
         csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
         delim = self.delimiter or ("\t" if kind == "tsv" else ",")
-        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        with storage.open(path, "rb") as raw, io.TextIOWrapper(
+                raw, encoding="utf-8", errors="surrogateescape", newline="") as f:
             yield from csv.DictReader(f, delimiter=delim)
 
     def _check_columns(self, path: str):
@@ -229,7 +227,7 @@ class ImageTextCollection:
             return
 
     def _index_examples(self, path: str, counts: Counts, skipped: set):
-        root = self.image_root or os.path.dirname(os.path.abspath(path))
+        root = self.image_root or storage.dirname(storage.normalize(path))
         for n, row in enumerate(self._rows(path)):
             key = f"{path}:{n}"
             if not self._mine(n) or key in skipped:
@@ -252,7 +250,7 @@ class ImageTextCollection:
         if self.confine and not inside(root, rel):
             counts.skipped_outside_root += 1
             return None
-        img_path = rel if os.path.isabs(rel) else os.path.join(root, rel)
+        img_path = rel if os.path.isabs(rel) or storage.is_remote(rel) else storage.join(root, rel)
         raw_caption = row.get(self.caption_key)
         if isinstance(raw_caption, (list, dict)):  # JSON structure where a caption belongs: not text
             counts.skipped_bad_record += 1
@@ -291,7 +289,7 @@ class ImageTextCollection:
             return key, self._tar_group(path, group_key, group, counts)
 
         try:
-            with tarfile.open(path, "r|*") as tar:
+            with storage.open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
                 for member in tar:
                     if not member.isfile():
                         continue
@@ -350,8 +348,10 @@ class ImageTextCollection:
 def inside(root: str, rel: str) -> bool:
     """Whether the relative path `rel` names a file under `root` (no absolute path, no `..`
     part, and after following symlinks still under the real root)."""
-    if os.path.isabs(rel) or ".." in rel.replace("\\", "/").split("/"):
+    if os.path.isabs(rel) or storage.is_remote(rel) or ".." in rel.replace("\\", "/").split("/"):
         return False
+    if storage.is_remote(root):  # no symlinks on an object store
+        return True
     real_root = os.path.realpath(root)
     real = os.path.realpath(os.path.join(root, rel))
     return os.path.commonpath([real_root, real]) == real_root

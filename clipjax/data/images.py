@@ -37,6 +37,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from clipjax import storage
+
 MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb limit
 MAX_FILE_BYTES = 64 * 2**20  # an image file (or tar member) larger than this is skipped unread
 DEFAULT_MAX_CAPTION_CHARS = 1000
@@ -156,6 +158,8 @@ def read_file(path: str, counts: Counts, max_bytes: int = MAX_FILE_BYTES) -> byt
     """Bytes of `path`, or None (counted) when it is missing or unreadable (skipped_missing),
     not a regular file (skipped_not_a_file: a FIFO would block, /dev/zero never ends) or larger
     than `max_bytes` (skipped_too_large). At most max_bytes + 1 bytes are ever read."""
+    if storage.is_remote(path):
+        return _read_remote(path, counts, max_bytes)
     try:
         st = os.stat(path)
     except (OSError, ValueError):
@@ -174,6 +178,23 @@ def read_file(path: str, counts: Counts, max_bytes: int = MAX_FILE_BYTES) -> byt
         counts.skipped_missing += 1
         return None
     if len(data) > max_bytes:  # grew since the stat
+        counts.skipped_too_large += 1
+        return None
+    return data
+
+
+def _read_remote(path: str, counts: Counts, max_bytes: int) -> bytes | None:
+    """read_file for an object (gs://, s3://): missing or unreadable -> skipped_missing,
+    larger than max_bytes -> skipped_too_large, never downloaded."""
+    try:
+        if storage.size(path) > max_bytes:
+            counts.skipped_too_large += 1
+            return None
+        data = storage.read_bytes(path, max_bytes + 1)
+    except (OSError, ValueError):  # StorageError is a ValueError
+        counts.skipped_missing += 1
+        return None
+    if len(data) > max_bytes:
         counts.skipped_too_large += 1
         return None
     return data

@@ -168,7 +168,7 @@ class GlobalBatches:
         return batch
 
 
-TFDATA_NAMES = ("clipjax_shapes", "clipjax_fashion_mnist", "collection")
+TFDATA_NAMES = ("clipjax_shapes", "clipjax_fashion_mnist", "collection", "shards")
 _CAPTION_KEYS = ("captions", "caption", "text", "title")
 
 
@@ -274,7 +274,8 @@ class TFDataTrainData(GlobalBatches):
 
 def make_train_data(config, cfg, mesh, rules, position: int = 0):
     """The training stream named by config.data.name: clipjax_shapes (default, built on first
-    use), clipjax_fashion_mnist, collection, or any prepared TFDS dataset."""
+    use), clipjax_fashion_mnist, collection, or any prepared TFDS dataset ("shards", webdataset
+    tar shards streamed per process, is clipjax.data.shard_pipeline's)."""
     if not config.data.get("name"):
         raise ValueError(f"config.data.name is empty; use one of {', '.join(TFDATA_NAMES)} or a TFDS name")
     return TFDataTrainData(config.data, config.batch_size, cfg, mesh, rules, position)

@@ -20,7 +20,7 @@ def print_table(metrics: dict) -> None:
 
 def write_json(path: str, metrics: dict, settings: dict) -> None:
     """Every metric at the top level, plus "settings"."""
-    with open(path, "w") as f:
+    with open(path, "w") as f:  # a local path: evaluate.py uploads it when --output is remote
         json.dump({**metrics, "settings": settings}, f, indent=2)
 
 

@@ -11,6 +11,7 @@ import jax
 import optax
 
 from clipjax.data.pipeline import make_train_data
+from clipjax.data.shard_pipeline import ShardTrainData
 from clipjax.evaluation.periodic import make_periodic_evaluator
 from clipjax.losses.contrastive import contrastive_loss
 from clipjax.models.clip import CLIP, init_inputs
@@ -79,6 +80,14 @@ def config_problems(config) -> list[str]:
     return problems
 
 
+def _train_data(config, cfg, mesh, rules, position: int, data_state=None):
+    """config.data.name "shards": webdataset tar shards, each process reading its own (its saved
+    position `data_state`); any other name: the tf.data stream of clipjax.data.pipeline."""
+    if config.data.get("name") == "shards":
+        return ShardTrainData(config.data, config.batch_size, cfg, mesh, rules, position, state=data_state)
+    return make_train_data(config, cfg, mesh, rules, position)
+
+
 def make_task(config, mesh, rules, workdir=None) -> Task:
     cfg = model_config(config)
     model = CLIP(cfg)
@@ -88,6 +97,6 @@ def make_task(config, mesh, rules, workdir=None) -> Task:
     if config.get("init_from"):
         post_init = lambda v: load_pretrained_parts(v, config.init_from, config.get("init_parts") or None)  # noqa: E731
     return Task("clip", model, cfg, init_inputs(cfg), vg,
-                make_data=lambda position: make_train_data(config, cfg, mesh, rules, position),
+                make_data=lambda position, data_state=None: _train_data(config, cfg, mesh, rules, position, data_state),
                 make_evaluator=lambda: make_periodic_evaluator(config, cfg, mesh, rules),
                 post_init=post_init)
