@@ -64,6 +64,7 @@ def array_metadata(path: str, step: int, item: str = MODEL_ITEM):
 def save_model(path: str, variables: dict, config_dict: dict, step: int = 0) -> None:
     """Write `variables` (params [+ batch_stats, constants]) and the config dict as step `step`."""
     ocp = _ocp()
+    storage.check_checkpoint_location(path)
     path = storage.normalize(path)
     with ocp.CheckpointManager(path) as mngr:
         mngr.save(step, args=ocp.args.Composite(**{

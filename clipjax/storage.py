@@ -336,10 +336,23 @@ def check_reachable(path, timeout_s: float = 10.0) -> None:
                            f"({e.strerror or type(e).__name__})") from None
 
 
+# Where Orbax (0.12, through tensorstore) can write checkpoints: local paths and GCS. It turns
+# "s3://b/x" into "s3:/b/x" and refuses it; s3:// is for data and for reading other formats.
+CHECKPOINT_SCHEMES = ("", "file", "gs", "gcs")
+
+
+def check_checkpoint_location(path) -> None:
+    if scheme(path) not in CHECKPOINT_SCHEMES:
+        raise StorageError(f"{path}: Orbax checkpoints can be written locally or to gs:// only "
+                           f"(not {scheme(path)}://); put the workdir / checkpoint there (data may stay on "
+                           f"{scheme(path)}://)")
+
+
 def check_writable_location(path) -> None:
     """Before the first step: the bucket of a remote workdir exists and answers (one line
     naming the path otherwise: unreachable endpoint, missing bucket, no permission)."""
     path = os.fspath(path)
+    check_checkpoint_location(path)
     if not is_remote(path):
         return
     check_reachable(path)

@@ -247,3 +247,84 @@ def test_unreachable_endpoint_and_permission_error_are_one_line(monkeypatch):
         from gcs_emulator import _reset_gcsfs
 
         _reset_gcsfs()
+
+
+_TWO_PROCESS_DRIVER = r"""
+import json, sys
+from clipjax.train.distributed import maybe_initialize_distributed
+maybe_initialize_distributed()
+import jax
+import numpy as np
+from clipjax import sharding as shd
+from clipjax.data.shard_pipeline import ShardTrainData
+from clipjax.data.shards import ShardStream
+from clipjax.tasks.clip import model_config
+from configs.default import get_config
+
+source = sys.argv[1]
+# one epoch of this process's shards, read from the emulator
+with ShardStream(source, process_index=jax.process_index(), process_count=jax.process_count(), epochs=1,
+                 shuffle_buffer=16, in_flight=2) as stream:
+    keys = [s["__url__"] + "/" + s["__key__"] for s in stream]
+# and the training stream: global batches assembled from both processes' rows
+c = get_config()
+c.data.name, c.data.source, c.data.shuffle_buffer = "shards", source, 16
+c.model.vision.image_size, c.model.vision.patch_size = 32, 8
+mesh = shd.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+data = ShardTrainData(c.data, 16, model_config(c), mesh, shd.DEFAULT_RULES)
+images, ids = next(data)
+shape = list(images.shape)
+data.close()
+print("KEYS " + json.dumps({"process": jax.process_index(), "keys": keys, "global_batch": shape}))
+"""
+
+
+def test_two_processes_read_disjoint_shards_from_the_emulator(gcs):
+    """Two processes joined by jax.distributed read one epoch from gs://: every example once."""
+    port = free_port()
+    procs = []
+    for i in range(2):
+        env = _env(gcs)
+        env.update(XLA_FLAGS="--xla_force_host_platform_device_count=2", CLIPJAX_COORDINATOR=f"127.0.0.1:{port}",
+                   CLIPJAX_NUM_PROCESSES="2", CLIPJAX_PROCESS_ID=str(i))
+        procs.append(subprocess.Popen([sys.executable, "-c", _TWO_PROCESS_DRIVER, SHARDS], cwd=ROOT, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err[-3000:]
+            line = next(ln for ln in out.splitlines() if ln.startswith("KEYS "))
+            results.append(json.loads(line[5:]))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    a, b = (set(r["keys"]) for r in sorted(results, key=lambda r: r["process"]))
+    assert all(len(set(r["keys"])) == len(r["keys"]) for r in results)  # none twice
+    assert not a & b  # disjoint
+    every = {f"gs://bkt/shards/{s:05d}.tar/s{s:02d}_{i:04d}" for s in range(4) for i in range(24)}
+    assert a | b == every  # none lost
+    assert {k.rsplit("/", 1)[0] for k in a}.isdisjoint({k.rsplit("/", 1)[0] for k in b})  # whole shards each
+    assert all(r["global_batch"] == [16, 32, 32, 3] for r in results)
+
+
+def test_s3_serves_data_but_not_checkpoints(tmp_path):
+    """s3:// (moto's server): shards and index files stream from it; an Orbax workdir there is
+    refused in one line (Orbax 0.12 writes checkpoints locally or to gs:// only)."""
+    from clipjax.data.collection import ImageTextCollection
+    from clipjax.data.shards import ShardStream
+    from clipjax.tasks import train
+    from s3_server import s3_server
+
+    with s3_server("data"):
+        for shard in range(2):
+            storage.write_bytes(f"s3://data/shards/{shard:05d}.tar", _shard_bytes(shard, n=6))
+        with ShardStream("s3://data/shards/{00000..00001}.tar", epochs=1, in_flight=2) as stream:
+            assert len({s["__key__"] for s in stream}) == 12
+        storage.write_text("s3://data/index.csv", "filepath,title\nshards/00000.tar,not an image\n")
+        coll = ImageTextCollection("s3://data/index.csv", validate=False)
+        assert list(coll) == [] and coll.counts.skipped_corrupt == 1  # read from s3, decoded, counted
+        with pytest.raises(storage.StorageError, match=r"s3://data/run: Orbax checkpoints can be written locally "
+                                                       r"or to gs:// only"):
+            train(_tiny_config("s3://data/shards/{00000..00001}.tar"), "s3://data/run")
