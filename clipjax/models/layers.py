@@ -335,7 +335,11 @@ def token_position_embed(tower, cfg, ids, pos_std: float):
                    embedding_init=logical(nn.initializers.normal(0.02), ("vocab", "embed")), name="token_embed")
     pos = tower.param("pos_embed", logical(nn.initializers.normal(pos_std), ("length", "embed")),
                       (cfg.context_length, cfg.width), pdtype)
-    return tok(ids) + pos[:ids.shape[-1]].astype(dtype)
+    # FSDP: gather the table's embed axis before the lookup (its vocab axis may stay sharded).
+    # A lookup into a table sharded on embed over fsdp, feeding activations sharded on batch
+    # over the same axis, is an "involuntary full rematerialization" for the SPMD partitioner.
+    table = nn.with_logical_constraint(jnp.asarray(tok.embedding, dtype), ("vocab", None))
+    return jnp.take(table, ids, axis=0) + pos[:ids.shape[-1]].astype(dtype)
 
 
 def projection(tower, pooled):
