@@ -60,8 +60,10 @@ def _print(s):
         print(f"  compiled / analytic hardware  {f['hlo_over_analytic_hardware']:.3f}")
     print(f"roofline per chip (peak {s['peak_bf16_flops_per_chip'] / 1e12:.0f} TF/s bf16, HBM "
           f"{s['hbm_bytes_per_s_per_chip'] / 1e9:.0f} GB/s, ICI {s['ici_bytes_per_s_per_chip'] / 1e9:.0f} GB/s):")
-    print(f"  compute {s['compute_s'] * 1e3:.1f} ms, HBM {s['hbm_s'] * 1e3:.1f} ms, collectives "
-          f"{s['ici_s'] * 1e3:.1f} ms -> step {s['projected_step_s'] * 1e3:.1f} ms, "
+    print(f"  compute {s['compute_s'] * 1e3:.1f} ms, collectives (ICI) {s['ici_s'] * 1e3:.1f} ms, HBM upper bound "
+          f"{s['hbm_s_upper_bound'] * 1e3:.1f} ms (not used)")
+    print(f"  ->"
+          f" step {s['projected_step_s'] * 1e3:.1f} ms, "
           f"{s['projected_samples_per_s_per_chip']:.0f} samples/s per chip, MFU {100 * s['projected_mfu']:.1f}%")
     print("collectives per chip per step:")
     for k, v in s["collectives_per_chip"].items():
