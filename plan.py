@@ -24,6 +24,9 @@ _HEADROOM = flags.DEFINE_float("headroom", 0.05, "fraction of each chip's HBM ke
 _JSON = flags.DEFINE_string("json", "", "write the plan as JSON here")
 _HLO = flags.DEFINE_string("hlo", "", "write the compiled HLO text here")
 _MAX_COMPILES = flags.DEFINE_integer("max_compiles", 4, "compiles --find-max-batch may spend (besides the first)")
+_OPT = flags.DEFINE_enum("opt_state_sharding", "params", ["params", "replicated"],
+                         "params: optimizer moments sharded like their parameters (what the loop means); replicated: "
+                         "what jax.jit(tx.init) in clipjax.train.state.create_state gives today")
 _TIMEOUT = flags.DEFINE_float("timeout", 3600, "seconds one compile may take")
 
 
@@ -35,6 +38,8 @@ def _print(s):
     c = s["chips"]
     print(f"{s['topology']}: {c} chips ({s['chip']}, {s['devices_per_chip']} JAX device(s) per chip), mesh {s['mesh']}, "
           f"batch {s['batch_size']} = {s['per_chip_batch']:g} per chip, {s['params'] / 1e6:.1f}M parameters")
+    if s.get("mesh_note"):
+        print(f"note: {s['mesh_note']}")
     print("memory per chip (the TPU compiler's memory_analysis):")
     print(f"  arguments    {_gib(s['arguments_per_chip_gib'])}  (parameters {s['parameters_per_chip_gib']:.2f}, "
           f"optimizer {s['optimizer_per_chip_gib']:.2f}, batch {s['batch_per_chip_gib']:.2f})")
@@ -99,12 +104,13 @@ def main(argv):
     try:
         print(f"compiling the train step of {_CONFIG.value.get('task', 'clip') or 'clip'} for {topology} "
               f"(global batch {config.batch_size}) ...", flush=True)
-        first = run.summarise(run.compile_once(cfg, topology, _TIMEOUT.value, _HLO.value), _HEADROOM.value,
+        first = run.summarise(run.compile_once(cfg, topology, _TIMEOUT.value, _HLO.value, _OPT.value), _HEADROOM.value,
                               config.batch_size)
     except run.PlanError as e:
         fail(e)
     _print(first)
     out = dict(first)
+    out["opt_state_sharding"] = _OPT.value
     out["estimated_max_per_chip_batch"] = round(run.estimated_max_per_chip_batch(first), 1)
     print(f"estimated largest per-chip batch (memory linear in the batch, unverified): "
           f"{out['estimated_max_per_chip_batch']:g}")
@@ -113,7 +119,8 @@ def main(argv):
         print("searching the largest per-chip batch that fits ...", flush=True)
         try:
             best, s = run.find_max_batch(cfg, topology, shards, first, _HEADROOM.value, _MAX_COMPILES.value,
-                                         _TIMEOUT.value, log=lambda m: print(m, flush=True))
+                                         _TIMEOUT.value, log=lambda m: print(m, flush=True),
+                                         opt_state_sharding=_OPT.value)
         except run.PlanError as e:
             fail(e)
         per_chip = best * shards / chips
@@ -142,5 +149,5 @@ def main(argv):
 
 if __name__ == "__main__":
     sys.argv = [a.replace("--find-max-batch", "--find_max_batch").replace("--max-compiles", "--max_compiles")
-                for a in sys.argv]
+                .replace("--opt-state-sharding", "--opt_state_sharding") for a in sys.argv]
     app.run(main)

@@ -87,7 +87,7 @@ def optimizer_state(tx, params, rep):
     return jax.tree_util.tree_map_with_path(place, jax.eval_shape(tx.init, params))
 
 
-def abstract_state(task, config, mesh, rules):
+def abstract_state(task, config, mesh, rules, opt_sharding: str = "params"):
     """The TrainState clipjax.train.state.create_state would build, as ShapeDtypeStructs with
     the shardings it would have (parameters by the logical rules; optimizer moments as GSPMD
     propagates them from the parameters, read from the compiled `tx.init`)."""
@@ -100,7 +100,10 @@ def abstract_state(task, config, mesh, rules):
                                     is_leaf=is_box)
     variables = jax.tree_util.tree_map(_sds, values, var_sh)
     tx, _ = make_optimizer(config.optimizer, config.total_steps, variables["params"])
-    opt_state = optimizer_state(tx, variables["params"], rep)
+    if opt_sharding == "replicated":  # what jit(tx.init) in create_state gives today (see docs/planning.md)
+        opt_state = jax.tree_util.tree_map(lambda x: _sds(x, rep), jax.eval_shape(tx.init, variables["params"]))
+    else:
+        opt_state = optimizer_state(tx, variables["params"], rep)
     ema = None
     if float(config.get("ema_decay", 0.0) or 0.0) > 0:
         ema = variables["params"]
@@ -118,7 +121,18 @@ def compile_step(request: dict) -> dict:
         devices = jax.devices("cpu")[:int(topology.split(":")[1])]
     else:
         devices = list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
-    mesh = shd.make_mesh(dict(config.mesh), devices)
+    mesh_note = ""
+    try:
+        mesh = shd.make_mesh(dict(config.mesh), devices)
+    except (NotImplementedError, AssertionError) as e:
+        # jax.make_mesh maps mesh axes onto physical torus axes and refuses what it cannot
+        # (a size-8 axis on a 16x16 torus; v4's topology description, one device per
+        # TensorCore): plan on the devices in id order instead, and say so
+        mesh_note = (f"clipjax.sharding.make_mesh refused this mesh on {topology} ({type(e).__name__}: "
+                     f"{' '.join(str(e).split())[:300]}); planned on the devices in id order instead")
+        shape = shd.mesh_shape(dict(config.mesh), len(devices))
+        mesh = jax.sharding.Mesh(np.array(devices).reshape(shape), shd.MESH_AXES,
+                                 axis_types=(jax.sharding.AxisType.Auto,) * len(shd.MESH_AXES))
     rules = shd.rules_from_config(config.get("axis_rules"))
     parts = shd.batch_shards(mesh, rules)
     if config.batch_size % parts:
@@ -128,7 +142,7 @@ def compile_step(request: dict) -> dict:
     with tempfile.TemporaryDirectory() as workdir:
         task = module.make_task(config, mesh, rules, workdir)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        state, tx = abstract_state(task, config, mesh, rules)
+        state, tx = abstract_state(task, config, mesh, rules, request.get("opt_state_sharding", "params"))
         batch = batch_specs(task, config, mesh, rules)
         step = make_guarded_step(task.value_and_grad, tx, float(config.get("ema_decay", 0.0) or 0.0))
         lowered = jax.jit(step, donate_argnums=(0,)).lower(state, *batch)
@@ -148,6 +162,7 @@ def compile_step(request: dict) -> dict:
         "device_kind": devices[0].device_kind,
         "mesh": {k: int(v) for k, v in mesh.shape.items()},
         "batch_shards": parts,
+        "mesh_note": mesh_note,
         "task": task.name,
         "params": sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.variables["params"])),
         "analytic": analytic.clip_step_flops(task.cfg, int(config.batch_size), config.model.get("remat_policy", "none"),

@@ -64,7 +64,8 @@ def remat_events(stderr: str) -> list[dict]:
     return out
 
 
-def compile_once(config_dict: dict, topology: str, timeout: float = 3600, hlo_out: str = "") -> dict:
+def compile_once(config_dict: dict, topology: str, timeout: float = 3600, hlo_out: str = "",
+                 opt_state_sharding: str = "params") -> dict:
     """Compile the step of `config_dict` for `topology` in the TPU-compiler subprocess."""
     if not compiler_available():
         raise PlanError(f"the TPU compiler is not installed in {TPU_COMPILER} (setup.sh: pip install --target "
@@ -72,7 +73,8 @@ def compile_once(config_dict: dict, topology: str, timeout: float = 3600, hlo_ou
     with tempfile.TemporaryDirectory() as tmp:
         req, res = os.path.join(tmp, "request.json"), os.path.join(tmp, "result.json")
         with open(req, "w") as f:
-            json.dump({"topology": topology, "config": config_dict, "hlo_out": hlo_out}, f)
+            json.dump({"topology": topology, "config": config_dict, "hlo_out": hlo_out,
+                       "opt_state_sharding": opt_state_sharding}, f)
         t0 = time.time()
         try:
             p = subprocess.run([sys.executable, "-m", "clipjax.planning.compile_step", req, res], env=_env(),
@@ -129,6 +131,7 @@ def summarise(r: dict, headroom: float, batch_size: int) -> dict:
         "devices_per_chip": per_chip,
         "mesh": r["mesh"],
         "batch_shards": r["batch_shards"],
+        "mesh_note": r.get("mesh_note", ""),
         "batch_size": batch_size,
         "per_chip_batch": per_chip_batch,
         "params": r["params"],
@@ -190,7 +193,8 @@ def _granule(per_device: int) -> int:
 
 
 def find_max_batch(config_dict: dict, topology: str, shards: int, first: dict, headroom: float,
-                   max_compiles: int = 4, timeout: float = 3600, log=print) -> tuple[int, dict | None]:
+                   max_compiles: int = 4, timeout: float = 3600, log=print,
+                   opt_state_sharding: str = "params") -> tuple[int, dict | None]:
     """The largest per-device batch (a multiple of 8 from 16 up) whose compile fits, from a
     linear fit of memory vs batch (secant), verified by compiles and bracketed by bisection.
     Returns (per-device batch, its summary) — (0, None) when not even 1 fits."""
@@ -198,7 +202,8 @@ def find_max_batch(config_dict: dict, topology: str, shards: int, first: dict, h
         c = json.loads(json.dumps(config_dict))
         c["batch_size"] = per_device * shards
         log(f"  compiling per-device batch {per_device} (global {per_device * shards}) ...")
-        s = summarise(compile_once(c, topology, timeout), headroom, c["batch_size"])
+        s = summarise(compile_once(c, topology, timeout, opt_state_sharding=opt_state_sharding), headroom,
+                      c["batch_size"])
         log(f"    {s['total_per_chip_gib']:.2f} GiB per chip of {s['usable_per_chip_gib']:.2f} usable: "
             f"{'fits' if s['fits'] else 'does not fit'}")
         return s
