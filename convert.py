@@ -38,6 +38,10 @@ def main(argv=None) -> int:
     p.add_argument("--image-size", type=int, default=352, help="CLIPSeg input resolution")
     p.add_argument("--ram", default="", help="recognize-anything sources: released model name or config JSON")
     p.add_argument("--vocab", default="", help="Tag2Text / RAM: the WordPiece vocab.txt to keep with the model")
+    p.add_argument("--arch", default=None,
+                   help="OpenAI-layout sources: open_clip's model name (ViT-B-32, ViT-B-32-quickgelu, ViT-H-14, RN50, "
+                        "...); the weights cannot tell the activation and head count, and without it OpenAI's rules "
+                        "(QuickGELU, 64-wide heads) are assumed, with a warning")
     args = p.parse_args(argv)
     if args.ram or args.to == "ram":
         return convert_ram(args)
@@ -58,7 +62,7 @@ def main(argv=None) -> int:
             cfg, variables = hf_clipseg.load_hf_clipseg(args.src, image_size=args.image_size)
         else:
             src_fmt = detect_format(args.src)
-            cfg, variables = read_any(args.src)
+            cfg, variables = read_any(args.src, args.arch)
         seg = isinstance(cfg, CLIPSegConfig)
         if args.to == "original" and not seg:
             raise CheckpointError("--to original writes CLIPSeg decoders; this is a CLIP (use --to openai)")

@@ -17,3 +17,15 @@ os.environ["TFDS_DATA_DIR"] = os.environ["CLIPJAX_TEST_TFDS_DIR"]
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow run only with CLIPJAX_SLOW_TESTS=1 (the suite must fit CI's budget)."""
+    if os.environ.get("CLIPJAX_SLOW_TESTS") == "1":
+        return
+    import pytest
+
+    skip = pytest.mark.skip(reason="slow: run with CLIPJAX_SLOW_TESTS=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -85,22 +85,26 @@ def _is_clipjax_dir(path: str) -> bool:
     return cf.is_clipjax_checkpoint(path) or cf.is_clipjax_checkpoint(storage.join(path, "checkpoints"))
 
 
-def read_any(path: str) -> tuple[CLIPConfig, dict]:
-    """(config, variables) from any checkpoint format clipjax reads."""
+def read_any(path: str, arch: Optional[str] = None) -> tuple[CLIPConfig, dict]:
+    """(config, variables) from any checkpoint format clipjax reads. `arch`: an open_clip model
+    name for an OpenAI-layout file (whose weights cannot tell activation and heads)."""
     fmt = detect_format(path)
+    if arch is not None and fmt != "openai":
+        raise CheckpointError(f"arch={arch!r} is for OpenAI / open_clip state-dict files; {path} is a {fmt} "
+                              "checkpoint, which records its architecture")
     if fmt == "clipjax":
         # a training workdir keeps its checkpoints under checkpoints/
         run_dir = storage.join(path, "checkpoints")
         return load_clipjax(run_dir if cf.is_clipjax_checkpoint(run_dir) else path)
     if fmt == "hf":
         return load_hf_clip(storage.local_copy(path))
-    return load_openai(storage.local_copy(path))
+    return load_openai(storage.local_copy(path), arch=arch)
 
 
-def read_model(path: str):
+def read_model(path: str, arch: Optional[str] = None):
     """`read_any`, and also a transformers CLIPSeg directory: (config, variables) of any model."""
     if storage.isdir(path) and not (storage.is_remote(path) and _is_clipjax_dir(path)):
         local = storage.local_copy(path)
         if is_hf_clipseg_dir(local):
             return load_hf_clipseg(local)
-    return read_any(path)
+    return read_any(path, arch)

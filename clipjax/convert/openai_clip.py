@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import zipfile
 from typing import Optional, Union
 
@@ -264,8 +265,9 @@ def read_openai_state_dict(path: str, allow_torchscript: Optional[bool] = None) 
             raise CheckpointError(
                 f"{path} is a TorchScript archive (OpenAI's published .pt files are). Reading one runs "
                 f"torch.jit.load, which is not restricted the way torch.load(weights_only=True) is, so "
-                f"clipjax does not do it unasked. If you trust the file, pass allow_torchscript=True "
-                f"(or set {ENV_ALLOW_TORCHSCRIPT}=1), or re-save its weights once with "
+                f"clipjax does not do it unasked. If you trust the file, set {ENV_ALLOW_TORCHSCRIPT}=1 "
+                f"(or call clipjax.convert.openai_clip.load_openai(path, allow_torchscript=True)), or re-save "
+                f"its weights once with "
                 f"torch.save(torch.jit.load(path, map_location='cpu').state_dict(), 'weights.pt')")
         return _read_torchscript(path)
     return read_state_dict(path)
@@ -291,26 +293,41 @@ def expected_clip_shapes(cfg: CLIPConfig) -> dict[str, tuple]:
     return expected_shapes(CLIP(cfg), jnp.zeros((1, s, s, 3)), jnp.zeros((1, cfg.text.context_length), jnp.int32))
 
 
+class GuessedArchitectureWarning(UserWarning):
+    """An OpenAI-layout checkpoint's activation and head counts were guessed (OpenAI's rules)."""
+
+
+def guess_warning(what: str, cfg: CLIPConfig) -> str:
+    v, t = cfg.vision, cfg.text
+    vision = f"vision {v.heads} heads of {v.width // max(v.heads, 1)}" if v.kind == "vit" else f"attention pool {v.heads} heads"
+    return (f"{what}: architecture GUESSED by OpenAI's rules: QuickGELU activation, {vision}, text {t.heads} heads "
+            f"of {t.width // max(t.heads, 1)}. open_clip's own models (most LAION / DataComp checkpoints) use exact "
+            "GELU, and ViT-H/g/bigG other head widths: if this is one, the embeddings will be wrong. Name the model: "
+            "convert.py --arch NAME / clipjax.load(path, arch=NAME), e.g. ViT-B-32 or ViT-B-32-quickgelu.")
+
+
 def config_sidecar(path: str) -> str:
     """Where `save_openai` records the full clipjax config beside an OpenAI-layout file."""
     return os.fspath(path) + SIDECAR_SUFFIX
 
 
 def load_openai(path_or_sd: Union[str, os.PathLike, dict], cfg: Optional[CLIPConfig] = None,
-                allow_torchscript: Optional[bool] = None) -> tuple[CLIPConfig, dict]:
+                allow_torchscript: Optional[bool] = None, arch: Optional[str] = None) -> tuple[CLIPConfig, dict]:
     """OpenAI / open_clip state dict (a file path or a dict of tensors/arrays) ->
     (config, variables); variables = {"params": ..., ["batch_stats": ...]} as float32 numpy.
 
-    The config is, in order: `cfg` if given; for a path, the `<path>.clipjax.json` sidecar that
-    `save_openai` writes, if present; else inferred from the shapes as OpenAI's build_model
-    does (pass `cfg` when heads / activation do not follow OpenAI's rules). Every key, shape
-    and variable is checked (CheckpointError)."""
+    The config is, in order: `cfg` if given; `arch`, an open_clip model name (ViT-B-32,
+    ViT-H-14-quickgelu, RN50, ...: clipjax.convert.open_clip_archs), whose heads and activation
+    are applied to the shapes read from the weights (checked against that model); for a path,
+    the `<path>.clipjax.json` sidecar that `save_openai` writes, if present; else inferred from
+    the shapes as OpenAI's build_model does (QuickGELU, heads = width // 64), with a warning
+    naming that guess and `arch`. Every key, shape and variable is checked (CheckpointError)."""
     if isinstance(path_or_sd, (str, os.PathLike)):
         path = os.fspath(path_or_sd)
         what = f"OpenAI CLIP checkpoint {path}"
         sd = read_openai_state_dict(path, allow_torchscript)
         side = config_sidecar(path)
-        if cfg is None and os.path.exists(side):
+        if cfg is None and arch is None and os.path.exists(side):
             try:
                 with open(side) as f:
                     cfg = CLIPConfig.from_dict(json.load(f))
@@ -327,6 +344,12 @@ def load_openai(path_or_sd: Union[str, os.PathLike, dict], cfg: Optional[CLIPCon
         sd.pop(k, None)
     if cfg is None:
         cfg = config_from_state_dict(sd)
+        if arch is not None:
+            from clipjax.convert.open_clip_archs import arch_config
+
+            cfg = arch_config(arch, cfg)
+        else:
+            warnings.warn(guess_warning(what, cfg), GuessedArchitectureWarning, stacklevel=2)
     r, consts = rules(cfg)
     variables = torch_to_variables(sd, r, expected_clip_shapes(cfg), consts, what=what, dtype=np.float32)
     return cfg, variables
