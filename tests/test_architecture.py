@@ -23,6 +23,8 @@ ALLOWED = {
     "tasks": {"models", "losses", "data", "evaluation", "inference", "convert", "train"},
     # plan.py's room: compiles a task's real step for a TPU topology (above tasks/)
     "planning": {"tasks", "train", "models"},
+    # search.py's room: an embedding index, queries and the web page over a loaded CLIP
+    "search": {"inference", "evaluation", "data", "models"},
 }
 
 
