@@ -62,6 +62,18 @@ class EvalError(ValueError):
     pass
 
 
+COLLECTIONS: list = []  # the collections this run read (their converted / skipped counts are reported)
+
+
+def data_counts() -> dict:
+    """What the collections' decoder converted or skipped, summed (empty for TFDS data)."""
+    total: dict = {}
+    for c in COLLECTIONS:
+        for k, v in c.counts.as_dict().items():
+            total[k] = total.get(k, 0) + v
+    return total
+
+
 def open_source(args):
     """A TFDS builder, or an ImageTextCollection for --dataset collection."""
     if args.dataset == "collection":
@@ -69,7 +81,10 @@ def open_source(args):
             raise EvalError("--dataset collection supports --task retrieval, tagging and captioning")
         if not args.source:
             raise EvalError("--dataset collection needs --source (a CSV/TSV/JSONL index or tar shards)")
-        return ImageTextCollection(args.source)
+        collection = ImageTextCollection(args.source, image_key=args.image_key, caption_key=args.caption_key,
+                                         tags_key=args.tags_key or None)
+        COLLECTIONS.append(collection)  # its decode counts go into the report
+        return collection
     kwargs = json.loads(args.builder_kwargs) if args.builder_kwargs else {}
     return tfds_builder(args.dataset, args.data_dir or None, kwargs)
 
@@ -133,6 +148,12 @@ def write_outputs(args, metrics: dict, extra: dict, seconds: float) -> None:
         if samples is not None:
             report.write_samples(samples[:args.overlays], base + "_samples.jsonl")
     report.print_table(metrics)
+    counts = data_counts()
+    if counts:  # a collection: bad rows are skipped, never silently
+        settings["data_counts"] = counts
+        detail = ", ".join(f"{k}={v}" for k, v in counts.items() if k.startswith("skipped_") and v)
+        print(f"data: {counts['decoded']} examples used, {counts['skipped']} skipped"
+              f"{' (' + detail + ')' if detail else ''}, {counts['converted']} images converted to RGB")
     if args.output:
         report.write_json(args.output, metrics, settings)
     png = args.confusion or (os.path.splitext(args.output)[0] + "_confusion.png" if args.output else "")
@@ -152,6 +173,9 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default="", help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     p.add_argument("--builder-kwargs", default="", help='JSON for the TFDS builder, e.g. \'{"image_size": 64}\'')
     p.add_argument("--source", default="", help="collection index file(s) or tar shards (--dataset collection)")
+    p.add_argument("--image-key", default="filepath", help="collection index: the image path column (open_clip's --csv-img-key)")
+    p.add_argument("--caption-key", default="title", help="collection index: the caption column (open_clip's --csv-caption-key)")
+    p.add_argument("--tags-key", default="tags", help="collection index: the tags column, if any")
     p.add_argument("--classnames", default="", help="file: one class name per line (zero-shot)")
     p.add_argument("--templates", default="", help="file: one prompt template with {} per line (zero-shot)")
     p.add_argument("--batch-size", type=int, default=256)
@@ -169,6 +193,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     t0 = time.time()
+    COLLECTIONS.clear()  # main() may run several times in one process
     if args.output and not storage.is_remote(args.output):
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     try:

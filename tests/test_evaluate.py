@@ -111,3 +111,29 @@ def _empty(tmp_path):
     p = tmp_path / "empty.txt"
     p.write_text("")
     return str(p)
+
+
+def test_collection_counts_and_column_flags(tmp_path, ckpt, capsys):
+    """A collection with other column names (--image-key / --caption-key) and bad rows: the rows
+    used and skipped (and why) are in the table and the JSON, never dropped silently."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    Image.fromarray((rng.integers(0, 65535, (40, 40)) ).astype(np.uint16)).save(tmp_path / "deep.png")
+    rows = [f"{i}.png,photo number {i}" for i in range(4)] + ["bad.jpg,a broken file", "gone.png,a missing file",
+                                                             "deep.png,a 16-bit photo", "1.png,"]
+    (tmp_path / "pairs.csv").write_text("img,text\n" + "\n".join(rows) + "\n")
+    out = str(tmp_path / "c.json")
+    base = ["--checkpoint", ckpt, "--task", "retrieval", "--dataset", "collection", "--no-progress",
+            "--source", str(tmp_path / "pairs.csv"), "--output", out]
+    assert evaluate.main(base) == 2
+    assert "--image-key" in capsys.readouterr().err  # the columns are not the defaults: the flags are named
+    assert evaluate.main(base + ["--image-key", "img", "--caption-key", "text"]) == 0
+    printed = capsys.readouterr().out
+    counts = json.load(open(out))["settings"]["data_counts"]
+    assert counts["decoded"] == 5 and counts["skipped"] == 3 and counts["converted"] == 1
+    assert counts["skipped_corrupt"] == 1 and counts["skipped_missing"] == 1 and counts["skipped_empty_caption"] == 1
+    assert "data: 5 examples used, 3 skipped" in printed and "skipped_corrupt=1" in printed

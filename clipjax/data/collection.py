@@ -223,7 +223,8 @@ class ImageTextCollection:
             missing = [k for k in (self.image_key, self.caption_key) if k not in row]
             if missing:
                 raise ConfigError(f"{path}: no column(s) {missing}; columns are {sorted(row)}. "
-                                 "Set image_key= / caption_key= to the names used.")
+                                 "Set image_key= / caption_key= to the names used (evaluate.py --image-key / "
+                                 "--caption-key; training: config.data.collection_kwargs).")
             return
 
     def _index_examples(self, path: str, counts: Counts, skipped: set):
