@@ -53,6 +53,9 @@ def main(argv=None) -> int:
     from clipjax.models.clipseg import CLIPSegConfig
 
     try:
+        if storage.exists(args.dst):
+            raise CheckpointError(f"{args.dst} already exists: choose another --dst (convert.py never replaces "
+                                  "existing files)")
         if args.clip:
             src_fmt = "clipseg original decoder"
             cfg, variables = hf_clipseg.load_original(args.src, read_any(args.clip), tuple(args.extract_layers),

@@ -55,10 +55,12 @@ def latest_step(path: str) -> Optional[int]:
 
 def array_metadata(path: str, step: int, item: str = MODEL_ITEM):
     """The stored tree of array metadata (shape, dtype, ...) of `item` at `step`, read from the
-    item's own files (a bare CheckpointManager knows no handler for it and answers None)."""
+    item's own files (a bare CheckpointManager knows no handler for it and answers None). The
+    item handler is asked directly: StandardCheckpointer also looks for a step-level metadata
+    file inside the item and logs a warning on every load when it is not there."""
     ocp = _ocp()
-    meta = ocp.StandardCheckpointer().metadata(storage.join(storage.normalize(path), str(step), item))
-    return getattr(meta, "item_metadata", meta)
+    meta = ocp.PyTreeCheckpointHandler().metadata(storage.epath(storage.join(storage.normalize(path), str(step), item)))
+    return getattr(meta, "tree", meta)
 
 
 def save_model(path: str, variables: dict, config_dict: dict, step: int = 0) -> None:

@@ -7,6 +7,13 @@ OpenAI vocabulary (no hub, no files written) and reproduces OpenAI's ``clip.toke
 
     ids = tokenize(["a photo of a cat", "a dog"])    # (2, 77) int32
     detokenize(ids)                                  # ['a photo of a cat', 'a dog']
+
+Ids equal open_clip's ``tokenize`` (tests/test_tokenizer.py). The transformers tokenizer that
+clipjax exports beside a model (``clip_tokenizer()``, OpenAI's vocabulary files) differs from
+``tokenize`` in two ways a user may notice: it skips OpenAI's ftfy fixing and HTML unescaping
+("Tom &amp; Jerry" keeps "&amp;"; ``tokenize(..., clean="none")`` does the same), and it maps
+"<|startoftext|>" / "<|endoftext|>" typed inside a text to the special ids 49406 / 49407, as
+OpenAI's own tokenizer does, where open_clip and clipjax read them as text.
 """
 
 from __future__ import annotations
@@ -57,20 +64,39 @@ def bpe_merges() -> tuple[tuple[str, str], ...]:
 
 
 @functools.lru_cache(maxsize=None)
-def bpe_vocab() -> dict[str, int]:
-    """token -> id, built exactly like OpenAI's SimpleTokenizer.encoder (49408 entries)."""
+def bpe_vocab(specials: tuple[str, str] = (SOT_TOKEN, EOT_TOKEN)) -> dict[str, int]:
+    """token -> id, built exactly like OpenAI's SimpleTokenizer.encoder (49408 entries); the two
+    special tokens (ids 49406, 49407) under the names `specials`."""
     byte_chars = list(bytes_to_unicode().values())
     tokens = byte_chars + [c + "</w>" for c in byte_chars]
     tokens += ["".join(m) for m in bpe_merges()]
-    tokens += [SOT_TOKEN, EOT_TOKEN]
+    tokens += list(specials)
     vocab = {tok: i for i, tok in enumerate(tokens)}
-    assert len(vocab) == VOCAB_SIZE and vocab[SOT_TOKEN] == SOT_ID and vocab[EOT_TOKEN] == EOT_ID
+    assert len(vocab) == VOCAB_SIZE and vocab[specials[0]] == SOT_ID and vocab[specials[1]] == EOT_ID
     return vocab
+
+
+# open_clip's SimpleTokenizer names its special tokens "<start_of_text>" / "<end_of_text>" and
+# maps only those strings, typed in a text, to ids 49406 / 49407; "<|startoftext|>" typed in a
+# text is ordinary text there (OpenAI's own tokenizer and transformers' map it to 49406).
+# clipjax encodes as open_clip does; the exported transformers tokenizer keeps OpenAI's names.
+OPEN_CLIP_SPECIALS = ("<start_of_text>", "<end_of_text>")
+
+
+@functools.lru_cache(maxsize=None)
+def _encoding_tokenizer():
+    from transformers import CLIPTokenizer
+
+    sot, eot = OPEN_CLIP_SPECIALS
+    return CLIPTokenizer(vocab=dict(bpe_vocab(OPEN_CLIP_SPECIALS)), merges=list(bpe_merges()),
+                         bos_token=sot, eos_token=eot, unk_token=eot, pad_token=eot)
 
 
 @functools.lru_cache(maxsize=None)
 def clip_tokenizer():
-    """A ``transformers.CLIPTokenizer`` built in memory from the vendored OpenAI BPE files.
+    """A ``transformers.CLIPTokenizer`` built in memory from the vendored OpenAI BPE files, with
+    OpenAI's special-token names: what clipjax exports beside a transformers model. (clipjax
+    itself encodes with open_clip's names, see OPEN_CLIP_SPECIALS.)
 
     Cached: treat it as read-only (its ``tokenizers`` backend is thread-safe for encoding).
     """
@@ -116,7 +142,7 @@ def encode_bpe(texts: str | Sequence[str], clean: str = "openai") -> list[list[i
     cleaner = _CLEANERS[clean]
     if cleaner is not None:
         texts = [cleaner(t) for t in texts]
-    backend = clip_tokenizer().backend_tokenizer
+    backend = _encoding_tokenizer().backend_tokenizer
     return [enc.ids for enc in backend.encode_batch(texts, add_special_tokens=False)]
 
 

@@ -2,6 +2,7 @@
 directory that transformers' own pipeline runs, and clear errors."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -112,4 +113,33 @@ def test_load_errors_are_clear(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     r = _run_convert("--src", str(bad), "--dst", str(tmp_path / "o"), "--to", "hf")
-    assert r.returncode == 2 and "Cannot read checkpoint" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "is not a checkpoint clipjax reads (text)" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_messages_say_what_is_wrong(hf_dir, tmp_path, caplog):
+    """Each of these was a misleading message once (issue 18): a KeyError, PyTorch's advice to
+    unpickle an untrusted file, orbax warnings on every load, a traceback for an existing --dst."""
+    import logging
+
+    from PIL import Image
+
+    (tmp_path / "notes.txt").write_text("shopping list\n")
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    (tmp_path / "config.json").write_text('{"model_type": "clip"}')
+    for name, what in (("notes.txt", "(text)"), ("x.png", "(a PNG image)"), ("config.json", "(JSON)")):
+        with pytest.raises(clipjax.CheckpointError, match=r"is not a checkpoint clipjax reads " + re.escape(what)):
+            clipjax.load(str(tmp_path / name))
+    torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "pickled.pt")  # a module, not a state dict
+    with pytest.raises(clipjax.CheckpointError, match="pickles Python objects") as e:
+        clipjax.load(str(tmp_path / "pickled.pt"))
+    assert "weights_only=False" not in str(e.value)
+
+    cj = str(tmp_path / "cj")
+    assert _run_convert("--src", hf_dir, "--dst", cj, "--to", "clipjax").returncode == 0
+    r = _run_convert("--src", hf_dir, "--dst", cj, "--to", "clipjax")
+    assert r.returncode == 2 and "already exists" in r.stderr and "Traceback" not in r.stderr
+    with caplog.at_level(logging.WARNING):
+        clip = clipjax.load(cj)
+    assert not [rec for rec in caplog.records if rec.name == "absl"], [rec.getMessage() for rec in caplog.records]
+    # empty batches: the same answer for images and texts
+    assert clip.encode_image([]).shape == clip.encode_text([]).shape == (0, clip.cfg.embed_dim)

@@ -1,8 +1,11 @@
-"""clipjax.tokenizer against two references, string by string:
+"""clipjax.tokenizer against three references, string by string:
 
-* clean="none"  == transformers' CLIPTokenizer called the ordinary way (``tok(texts)``);
+* the default == open_clip's ``tokenize`` on every string, the special-token literals included
+  ("<|startoftext|>" typed in a text is ordinary text; open_clip's own "<start_of_text>" is 49406);
+* clean="none"  == transformers' CLIPTokenizer called the ordinary way (``tok(texts)``), except
+  for texts holding OpenAI's special-token literals, which transformers maps to 49406 / 49407;
 * clean="openai" == OpenAI's own ``SimpleTokenizer`` (clip-anytorch's file, loaded by path since
-  ``import clip`` needs torchvision) framed like ``clip.tokenize``.
+  ``import clip`` needs torchvision) framed like ``clip.tokenize``, with the same exception.
 """
 
 import importlib.util
@@ -17,10 +20,9 @@ from clipjax.tokenizer import EOT_ID, SOT_ID, bert_tokenize, clip_tokenizer, det
 
 CTX = 77
 
-# Strings whose ids legitimately differ between the references (see test_known_disagreements).
 # OpenAI's regex lets a run of punctuation swallow the "<|" of a special token written in the text
-# ("x!<|endoftext|>" -> "!<|", "endoftext", "|>"); the HF/tokenizers path splits out added special
-# tokens before anything else, so our ids (which use that path) give 49407 there.
+# ("x!<|endoftext|>" -> "!<|", "endoftext", "|>"): strings where even OpenAI's special handling
+# is not what transformers does.
 SPECIAL_AFTER_PUNCT = ["x!<|endoftext|>", "(<|startoftext|>)", "wow...<|endoftext|>!!"]
 # Not in the corpus, also known to differ: unassigned / newly assigned code points (e.g. U+0CDC,
 # U+208F), whose letter-or-not class differs between the Unicode tables of the `regex` module and of
@@ -113,27 +115,46 @@ def test_corpus_is_varied():
     assert any(len(tokenize(t, truncate=True)[0].nonzero()[0]) == CTX for t in TEXTS)
 
 
+def _has_openai_special(text: str) -> bool:
+    low = text.lower()
+    return "<|startoftext|>" in low or "<|endoftext|>" in low
+
+
+def test_matches_open_clip_tokenizer():
+    from torchvision_stub import import_open_clip
+
+    open_clip = import_open_clip()
+    texts = TEXTS + ["a <start_of_text> b", "x <END_OF_TEXT>", "<start_of_text>"]
+    ref = open_clip.tokenize(texts).numpy()
+    ours = tokenize(texts)
+    assert ours.dtype == np.int32 and ours.shape == (len(texts), CTX)
+    assert _mismatches(ours, ref, texts) == []
+
+
 def test_matches_transformers_clip_tokenizer():
-    hf = _frame(clip_tokenizer()(TEXTS)["input_ids"])
-    ours = tokenize(TEXTS, clean="none")
-    assert ours.dtype == np.int32 and ours.shape == (len(TEXTS), CTX)
-    assert _mismatches(ours, hf, TEXTS) == []
+    texts = [t for t in TEXTS if not _has_openai_special(t)]
+    hf = _frame(clip_tokenizer()(texts)["input_ids"])
+    assert _mismatches(tokenize(texts, clean="none"), hf, texts) == []
 
 
 def test_matches_openai_simple_tokenizer(openai_tokenizer):
-    texts = [t for t in TEXTS if t not in SPECIAL_AFTER_PUNCT]
+    texts = [t for t in TEXTS if not _has_openai_special(t)]
     ref = _openai_ids(openai_tokenizer, texts)
     ours = tokenize(texts)  # clean="openai" is the default
     assert _mismatches(ours, ref, texts) == []
 
 
 def test_known_disagreements(openai_tokenizer):
-    """Pin down the one family of strings where the references differ, so a change is noticed."""
-    ours = tokenize(SPECIAL_AFTER_PUNCT)
-    ref = _openai_ids(openai_tokenizer, SPECIAL_AFTER_PUNCT)
-    for i in range(len(SPECIAL_AFTER_PUNCT)):
-        assert not np.array_equal(ours[i], ref[i])
-        assert set(ours[i][1:].tolist()) & {SOT_ID, EOT_ID}  # the literal became a special id
+    """Pin down where the references differ, so a change is noticed: OpenAI's tokenizer and
+    transformers' (clipjax's export) map "<|endoftext|>" typed in a text to the special id;
+    clipjax, as open_clip, reads it as text."""
+    texts = ["a <|endoftext|> b", "<|startoftext|>hi"]
+    ours = tokenize(texts)
+    hf = _frame(clip_tokenizer()(texts)["input_ids"])
+    ref = _openai_ids(openai_tokenizer, texts)
+    for i in range(len(texts)):
+        assert not np.array_equal(ours[i], ref[i]) and not np.array_equal(ours[i], hf[i])
+        assert not set(ours[i][1:].tolist()) & {SOT_ID} and ours[i].tolist().count(EOT_ID) == 1
 
 
 def test_cleaning_differs_where_expected():

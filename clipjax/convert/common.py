@@ -78,6 +78,33 @@ def find_weight_file(directory: str) -> str:
     raise CheckpointError(f"No weights in {directory}: expected one of {', '.join(WEIGHT_FILES)}")
 
 
+_MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
+          b"RIFF": "a RIFF (WebP / WAV) file", b"%PDF": "a PDF"}
+
+
+def _check_torch_file(path: str) -> None:
+    """A torch.save file is a zip (PyTorch >= 1.6) or a pickle (older); anything else gets one
+    line saying what it looks like, not torch's unpickling error."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return
+    what = next((v for k, v in _MAGIC.items() if head.startswith(k)), None)
+    if what is None:
+        stripped = head.lstrip()
+        what = ("JSON" if stripped[:1] in (b"{", b"[") else "text") if _is_text(head) else "not a PyTorch file"
+    raise CheckpointError(f"{path} is not a checkpoint clipjax reads ({what}): expected a clipjax (Orbax) "
+                          "directory, a transformers CLIP directory, or a PyTorch / safetensors weight file")
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
     """Read a PyTorch weight file (or a directory holding one) without unpickling objects:
     safetensors, or `torch.load(weights_only=True)` for .bin/.pt/.pth. Sharded
@@ -104,12 +131,19 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
                 from safetensors.torch import load_file as load_torch
 
                 return {k: to_numpy(v) for k, v in load_torch(path).items()}
+        _check_torch_file(path)
         torch = _torch()
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except CheckpointError:
         raise
     except Exception as e:  # truncated / corrupt / pickled objects
-        raise CheckpointError(f"Cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights only load failed" in str(e).lower() or "weights_only" in str(e):
+            # PyTorch's advice here (weights_only=False) runs arbitrary code from the file: never say it
+            raise CheckpointError(f"Cannot read checkpoint {path}: it pickles Python objects other than tensors, "
+                                  "which clipjax does not unpickle (an untrusted file could run code); re-save "
+                                  "its state dict (torch.save(model.state_dict(), ...)) or use safetensors") from None
+        raise CheckpointError(f"Cannot read checkpoint {path}: {type(e).__name__}: {first}") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]  # open_clip training checkpoints wrap the weights
     if not isinstance(obj, dict):
@@ -264,7 +298,9 @@ def torch_to_variables(
             try:
                 parts.append(_t2j(np.asarray(x), rule, per_layer_shape))
             except _ShapeMismatch as e:
-                mismatched.append(f"{key}: checkpoint {tuple(e.got)} vs model {per_layer_shape} ({rule.jax})")
+                # the checkpoint's own shape first; then both in clipjax's layout (transposed for linears)
+                mismatched.append(f"{key}: checkpoint {tuple(np.shape(x))} (as clipjax {tuple(e.got)}) vs model "
+                                  f"{per_layer_shape} ({rule.jax})")
         if len(parts) == len(keys):
             val = np.stack(parts) if rule.stacked else parts[0]
             out[rule.jax] = val.astype(dtype) if dtype is not None else val

@@ -76,10 +76,10 @@ def prepare_tfds(name: str, data_dir, *, download: bool = False, manual_dir: str
     raise DatasetNotPreparedError(
         f"TFDS dataset {name!r} ({builder.info.full_name}) is not prepared under "
         f"{resolve_data_dir(data_dir)} (looked for {builder.data_dir}). clipjax does not download "
-        "implicitly. Either prepare it there (`tfds build "
-        f"{base} --data_dir={resolve_data_dir(data_dir)}` on a machine with network, then copy), call "
-        "load_tfds(..., download=True), or, for manually downloaded datasets such as "
-        "imagenet2012, pass manual_dir= pointing at the archives.")
+        "implicitly. Prepare it with TFDS's own command: `tfds build "
+        f"{base} --data_dir={resolve_data_dir(data_dir)}` (on a machine with network, then copy the "
+        "directory; for manually downloaded datasets such as imagenet2012 add --manual_dir=DIR holding "
+        "the archives).")
 
 
 def load_tfds(name: str, split: str, data_dir, *, download: bool = False,

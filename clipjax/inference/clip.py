@@ -74,6 +74,9 @@ class LoadedCLIP:
         return tokenize(texts, context_length=self.cfg.text.context_length)
 
     def encode_image(self, images, preprocessed: bool = False, normalize: bool = True, batch_size: int = 64):
+        """(N, embed_dim) embeddings; an empty list gives (0, embed_dim), as encode_text."""
+        if isinstance(images, (list, tuple)) and not images:
+            return np.zeros((0, self.cfg.embed_dim), np.float32)
         x = np.asarray(images, np.float32) if preprocessed else self.preprocess(images)
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"preprocessed images must be (B, H, W, 3); got {x.shape}")
@@ -82,6 +85,9 @@ class LoadedCLIP:
         return np.concatenate([np.asarray(o) for o in out]) if out else np.zeros((0, self.cfg.embed_dim), np.float32)
 
     def encode_text(self, texts, normalize: bool = True, batch_size: int = 256):
+        """(N, embed_dim) embeddings of strings or token ids; an empty list gives (0, embed_dim)."""
+        if isinstance(texts, (list, tuple)) and not texts:
+            return np.zeros((0, self.cfg.embed_dim), np.float32)
         if isinstance(texts, str) or (isinstance(texts, (list, tuple)) and texts and isinstance(texts[0], str)):
             ids = self.tokenize(texts)
         else:
