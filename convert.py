@@ -5,7 +5,8 @@
     python convert.py --src SEG --dst rd64-uni.pth --to original                       # CLIPSeg decoder
 
 The source format is detected: a clipjax (Orbax) directory of a CLIP or CLIPSeg, a transformers
-CLIPModel or CLIPSegForImageSegmentation directory, or an OpenAI-layout CLIP state-dict file
+CLIPModel or CLIPSegForImageSegmentation directory, a transformers 4.x FlaxCLIPModel directory
+(flax_model.msgpack; `--to flax` writes one), or an OpenAI-layout CLIP state-dict file
 (.pt / .bin / .safetensors). An original CLIPSeg decoder file (timojl/clipseg: rd64-uni.pth, ...)
 needs --clip, the CLIP it was trained on (any format above); --extract-layers defaults to the
 released models' 3 6 9. `--to openai` writes a CLIP; `--to original` a CLIPSeg decoder (its
@@ -31,7 +32,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--src", required=True, help="checkpoint to read")
     p.add_argument("--dst", required=True, help="where to write (directory for clipjax/hf, file for openai)")
-    p.add_argument("--to", required=True, choices=["clipjax", "hf", "openai", "original", "ram"])
+    p.add_argument("--to", required=True, choices=["clipjax", "hf", "flax", "openai", "original", "ram"])
     p.add_argument("--clip", default="", help="CLIPSeg original decoder sources: the CLIP checkpoint it runs on")
     p.add_argument("--extract-layers", type=int, nargs="+", default=[3, 6, 9])
     p.add_argument("--decoder-heads", type=int, default=4, help="original decoders: attention heads (not stored)")
@@ -83,6 +84,12 @@ def main(argv=None) -> int:
                     from clipjax.convert.hf_clip import save_hf_clip
 
                     save_hf_clip(variables, cfg, dst)
+                elif args.to == "flax":  # what transformers 4.x FlaxCLIPModel.from_pretrained reads
+                    if seg:
+                        raise CheckpointError("--to flax writes CLIP models (FlaxCLIPModel); this is a CLIPSeg")
+                    from clipjax.convert.flax_clip import save_flax_clip
+
+                    save_flax_clip(variables, cfg, dst)
                 elif args.to == "original":
                     hf_clipseg.save_original(variables, cfg, dst, clip_path=dst + ".clip.pt")
                 else:

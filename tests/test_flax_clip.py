@@ -256,3 +256,25 @@ def test_sharded_checkpoint(loaded, tmp_path):
     assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
     os.remove(d / "flax_model-00002-of-00002.msgpack")
     _one_line_error(str(d), "names flax_model-00002-of-00002.msgpack, which is missing")
+
+
+def test_entry_points_read_and_write_flax(reference, tmp_path):
+    """clipjax.load reads the FlaxCLIPModel directory (format "flax"), and convert.py takes it
+    to clipjax and back to Flax (--to flax) with the same msgpack bytes."""
+    import sys
+
+    import clipjax
+    from clipjax.convert.formats import detect_format
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+    import convert
+
+    assert detect_format(MODEL) == "flax"
+    clip = clipjax.load(MODEL)
+    emb = clip.encode_image(reference["pixel_values"].transpose(0, 2, 3, 1), preprocessed=True)
+    np.testing.assert_allclose(emb, reference["image_embeds"], atol=1e-5)
+    cj, back = str(tmp_path / "cj"), str(tmp_path / "flax")
+    assert convert.main(["--src", MODEL, "--dst", cj, "--to", "clipjax"]) == 0
+    assert convert.main(["--src", cj, "--dst", back, "--to", "flax"]) == 0
+    with open(os.path.join(MODEL, "flax_model.msgpack"), "rb") as a, open(os.path.join(back, "flax_model.msgpack"), "rb") as b:
+        assert a.read() == b.read()

@@ -1,7 +1,8 @@
 """Which format a checkpoint path holds, and reading any of them into (model config, variables).
 
 Formats: "clipjax" (an Orbax directory in clipjax.checkpoint_format, or a training workdir whose
-checkpoints/ holds one), "hf" (a transformers CLIPModel directory), "openai" (a state-dict file
+checkpoints/ holds one), "hf" (a transformers CLIPModel directory), "flax" (a transformers 4.x
+FlaxCLIPModel directory: flax_model.msgpack + config.json, read with flax.serialization alone), "openai" (a state-dict file
 in the OpenAI / open_clip layout); `read_model` also takes a transformers CLIPSeg directory.
 This is the one place formats are told apart: clipjax.load (inference) and the converters both
 read through it.
@@ -14,6 +15,7 @@ from typing import Optional
 
 from clipjax import checkpoint_format as cf, storage
 from clipjax.convert.common import hf_model_type
+from clipjax.convert.flax_clip import is_flax_only_clip_dir, load_flax_clip
 from clipjax.convert.hf_clip import is_hf_clip_dir, load_hf_clip
 from clipjax.convert.hf_clipseg import is_hf_clipseg_dir, load_hf_clipseg
 from clipjax.convert.openai_clip import load_openai
@@ -60,7 +62,8 @@ def load_clipjax(path: str, step: Optional[int] = None, shardings=None) -> tuple
 
 
 def detect_format(path: str) -> str:
-    """"clipjax" (Orbax directory), "hf" (transformers CLIPModel directory) or "openai"
+    """"clipjax" (Orbax directory), "hf" (transformers CLIPModel directory), "flax"
+    (transformers 4.x FlaxCLIPModel directory) or "openai"
     (a state-dict file in the OpenAI / open_clip layout)."""
     if not storage.exists(path):
         raise CheckpointError(f"No such checkpoint: {path}")
@@ -68,6 +71,8 @@ def detect_format(path: str) -> str:
         # Orbax reads object storage itself; other formats are read from a local copy
         return "clipjax" if _is_clipjax_dir(path) else detect_format(storage.local_copy(path))
     if storage.isdir(path):
+        if is_flax_only_clip_dir(path):  # transformers 4.x FlaxCLIPModel.save_pretrained (msgpack)
+            return "flax"
         if is_hf_clip_dir(path):
             return "hf"
         mt = hf_model_type(path)
@@ -98,6 +103,8 @@ def read_any(path: str, arch: Optional[str] = None) -> tuple[CLIPConfig, dict]:
         return load_clipjax(run_dir if cf.is_clipjax_checkpoint(run_dir) else path)
     if fmt == "hf":
         return load_hf_clip(storage.local_copy(path))
+    if fmt == "flax":
+        return load_flax_clip(storage.local_copy(path))
     return load_openai(storage.local_copy(path), arch=arch)
 
 
