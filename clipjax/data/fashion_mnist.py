@@ -29,7 +29,7 @@ from typing import ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
-from clipjax.data.data_dir import resolve_data_dir
+from clipjax.data.data_dir import preparing, resolve_data_dir
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 FILES = {
@@ -180,6 +180,7 @@ class ClipjaxFashionMnist(tfds.core.GeneratorBasedBuilder):
 def build_fashion_mnist(data_dir: str | os.PathLike | None = None, source_dir: str | None = None):
     """Prepare clipjax_fashion_mnist under data_dir (no-op when present); return the builder."""
     builder = ClipjaxFashionMnist(data_dir=resolve_data_dir(data_dir), source_dir=source_dir)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    with preparing(builder.data_dir_root, builder.name):  # one process writes, the others wait
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     return builder

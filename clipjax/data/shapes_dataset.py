@@ -38,7 +38,7 @@ from typing import ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
-from clipjax.data.data_dir import resolve_data_dir
+from clipjax.data.data_dir import preparing, resolve_data_dir
 from PIL import Image
 
 COLORS = {
@@ -326,6 +326,7 @@ def build_shapes(data_dir: str | os.PathLike | None = None, **kwargs) -> Clipjax
     Read it with `builder.as_dataset(split="train")` (tf.data over TFRecord files).
     """
     builder = ClipjaxShapes(data_dir=resolve_data_dir(data_dir), **kwargs)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    with preparing(builder.data_dir_root, builder.name):  # one process writes, the others wait
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     return builder
