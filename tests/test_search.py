@@ -44,11 +44,23 @@ def ckpt(tmp_path_factory):
     return {k: str(d / k) for k in "abc"}
 
 
-def _init(cfg):
+def _init(cfg, seed: int = 0):
+    """Random weights of the right shapes without compiling an init (tracing only)."""
     import flax.linen as nn
     from clipjax.models.clip import CLIP, init_inputs
 
-    return nn.unbox(jax.jit(CLIP(cfg).init)(jax.random.PRNGKey(0), *init_inputs(cfg)))
+    shapes = nn.unbox(jax.eval_shape(CLIP(cfg).init, jax.random.PRNGKey(0), *init_inputs(cfg)))
+    rng = np.random.default_rng(seed)
+
+    def fill(path, s):
+        name = jax.tree_util.keystr(path)
+        if "scale" in name and "logit" not in name:
+            return np.ones(s.shape, s.dtype)
+        if np.issubdtype(s.dtype, np.integer):
+            return np.zeros(s.shape, s.dtype)
+        return (rng.normal(size=s.shape) * 0.05).astype(s.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 @pytest.fixture(scope="module")
@@ -223,5 +235,9 @@ def test_cli_index_query_json_sheet_rank_duplicates(ckpt, photos, tmp_path, caps
     assert cli.main(["query", "--index", d, "--checkpoint", ckpt["c"], "--text", "x"]) == 2
     err = capsys.readouterr().err
     assert "embedding width differs" in err and len(err.strip().splitlines()) == 1
+    # the server refuses to start with another checkpoint, naming both
+    assert cli.main(["serve", "--index", d, "--checkpoint", ckpt["b"], "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "weights differ" in err and ckpt["a"] in err and ckpt["b"] in err
     assert cli.main(["query", "--index", str(tmp_path / "nope"), "--text", "x"]) == 2
     assert "not a search index" in capsys.readouterr().err

@@ -40,11 +40,19 @@ def _init(cfg):
 
 
 class FakeTagger:
-    def tags(self, images):
-        return [f"tag{int(np.asarray(im).mean()) % 7} | photo" for im in images]
+    """LoadedTag2Text's interface as the page uses it (preprocess, tags, caption -> (captions, tags))."""
 
-    def caption(self, images):
-        return ["a generated caption" for _ in images]
+    class cfg:
+        captioning = True
+
+    def preprocess(self, images):
+        return np.stack([np.asarray(Image.fromarray(np.asarray(i)).resize((8, 8)), np.float32) for i in images])
+
+    def tags(self, x):
+        return [f"tag{int(v.mean()) % 7} | photo" for v in x]
+
+    def caption(self, x, tags=None):
+        return ["a generated caption" for _ in x], list(tags)
 
 
 @pytest.fixture(scope="module")

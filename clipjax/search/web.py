@@ -32,17 +32,17 @@ MAX_K = 100
 
 
 def make_app(index: SearchIndex, *, tagger=None, max_upload_bytes: int = 10 * 2**20, title: str = "clipjax search"):
-    """The FastAPI app over an opened index. `tagger`: an object with `tags(images) -> list[str]`
-    and `caption(images) -> list[str]` (LoadedTag2Text), or None."""
+    """The FastAPI app over an opened index. `tagger`: a LoadedTag2Text (Tag2Text or RAM: its
+    `preprocess`, `tags`, and `caption` when `cfg.captioning`), or None."""
     app = FastAPI(title=title)
     lock = threading.Lock()
 
     @functools.lru_cache(maxsize=4096)
     def tag_info(i: int) -> tuple[str, str]:
-        img = np.asarray(index.store.thumbnail_image(i))
+        x = tagger.preprocess([np.asarray(index.store.thumbnail_image(i))])
         with lock:
-            tags = tagger.tags([img])[0]
-            caption = tagger.caption([img])[0]
+            tags = tagger.tags(x)[0]
+            caption = tagger.caption(x, tags=[tags])[0][0] if tagger.cfg.captioning else ""
         return tags, caption
 
     def payload(results, **query) -> dict:
