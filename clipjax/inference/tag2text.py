@@ -18,6 +18,7 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
+from clipjax import storage
 from clipjax.convert.formats import read_any
 from clipjax.inference.generation import expand_for_beams, generate, GenerationConfig
 from clipjax.models.tag2text import Tag2Text, Tag2TextConfig, tie_tag_encoder
@@ -29,7 +30,11 @@ ASSET_DIR = "tag2text"  # inside a training workdir
 
 
 def run_assets(workdir: str) -> dict:
-    d = os.path.join(workdir, ASSET_DIR)
+    """Local paths of a run's vocab / tag list / thresholds (downloaded once when the workdir is
+    on object storage)."""
+    d = storage.join(workdir, ASSET_DIR)
+    if storage.is_remote(d):
+        d = storage.local_copy(d)
     out = dict(vocab=os.path.join(d, "vocab.txt"), tag_list=os.path.join(d, "tag_list.txt"))
     for name in ("thresholds", "delete_tags"):
         path = os.path.join(d, f"{name}.txt")
@@ -64,7 +69,7 @@ class LoadedTag2Text:
             cfg, variables = read_any(workdir)
         if not isinstance(cfg, Tag2TextConfig):
             raise ValueError(f"{workdir} is not a Tag2Text / RAM checkpoint")
-        a = run_assets(workdir if os.path.isdir(os.path.join(workdir, ASSET_DIR)) else os.path.dirname(workdir))
+        a = run_assets(workdir if storage.isdir(storage.join(workdir, ASSET_DIR)) else storage.dirname(workdir))
         tags = load_tag_list(kw.pop("tag_list", None) or a["tag_list"])
         th = kw.pop("thresholds", None) or a.get("thresholds")
         thresholds = load_thresholds(th, len(tags)) if th else None

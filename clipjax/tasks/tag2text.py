@@ -31,10 +31,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import tempfile
 
 import jax
 import numpy as np
 
+from clipjax import storage
 from clipjax.data.collection import collection_from_config
 from clipjax.data.catalog import dataset_from_config
 from clipjax.data.tagging import TaggingTrainData, eval_set, shapes_tag_names, shapes_vocabulary
@@ -51,12 +53,17 @@ from clipjax.tokenizer import TagTextTokenizer
 
 
 def _assets(config, workdir):
-    out = os.path.join(workdir or ".", "tag2text")
+    """The run's vocab.txt and tag list under WORKDIR/tag2text (what clipjax.load reads beside the
+    checkpoints). For a workdir on object storage they are written to a local directory (the
+    tokenizer reads a local file) and uploaded by process 0."""
+    remote = storage.is_remote(workdir or "")
+    out = tempfile.mkdtemp(prefix="clipjax-tag2text-") if remote else os.path.join(workdir or ".", "tag2text")
     os.makedirs(out, exist_ok=True)
     vocab = os.path.join(out, "vocab.txt")
     given = config.data.get("tokenizer", None)
     name = config.data.get("name") or "clipjax_shapes"
     if given:
+        given = storage.local_copy(given)  # a vocab on object storage is read from a local copy
         if os.path.abspath(given) != os.path.abspath(vocab):
             shutil.copyfile(os.path.join(given, "vocab.txt") if os.path.isdir(given) else given, vocab)
     elif name == "clipjax_shapes":
@@ -73,6 +80,8 @@ def _assets(config, workdir):
         raise ValueError("task tag2text needs config.tag2text.tag_list (one tag per line) for this dataset")
     with open(os.path.join(out, "tag_list.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(tags) + "\n")
+    if remote and jax.process_index() == 0:
+        storage.upload_dir(out, storage.join(workdir, "tag2text"))
     return vocab, tags
 
 
