@@ -241,3 +241,24 @@ def test_cli_index_query_json_sheet_rank_duplicates(ckpt, photos, tmp_path, caps
     assert "weights differ" in err and ckpt["a"] in err and ckpt["b"] in err
     assert cli.main(["query", "--index", str(tmp_path / "nope"), "--text", "x"]) == 2
     assert "not a search index" in capsys.readouterr().err
+
+
+def test_folder_and_collection_on_gcs(embedder, photos, tmp_path):
+    """gs:// sources through clipjax.storage, against the GCS emulator on 127.0.0.1."""
+    pytest.importorskip("gcp_storage_emulator")
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from gcs_emulator import gcs_emulator
+
+    from clipjax import storage
+
+    with gcs_emulator("bkt"):
+        for p in sorted(photos.rglob("*")):
+            if p.is_file():
+                storage.write_bytes(f"gs://bkt/photos/{p.relative_to(photos).as_posix()}", p.read_bytes())
+        out = search.build_index(embedder, "gs://bkt/photos", str(tmp_path / "idx"), progress=False)
+        assert out["rows"] == len(PHOTOS) and out["counts"]["skipped"] == 2
+        meta = IndexStore.open(str(tmp_path / "idx")).metadata()
+        assert {m["key"] for m in meta} >= {"astronaut.jpg", "sub/deeper/coffee.jpg"}
+        assert all(m["path"].startswith("gs://bkt/photos/") for m in meta)
