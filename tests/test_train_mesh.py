@@ -103,3 +103,17 @@ def test_checkpoint_restores_onto_another_mesh(tmp_path):
     jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(state.opt_state),
                            jax.device_get(got.opt_state))
     np.testing.assert_array_equal(jax.device_get(state.rng), jax.device_get(got.rng))
+
+
+def test_optimizer_moments_are_sharded_like_their_parameters():
+    """FSDP shards the optimizer state too: Adam's mu and nu take their parameter's sharding
+    (jax.jit(tx.init) alone replicates them: 8 bytes per parameter on every device)."""
+    _, _, _, state, _ = _setup(_config(), dict(data=2, fsdp=4, tensor=1))
+    params = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(state.variables["params"])}
+    moments = [(jax.tree_util.keystr(p), x) for p, x in jax.tree_util.tree_leaves_with_path(state.opt_state)
+               if x.ndim > 0]
+    assert len(moments) == 2 * sum(1 for x in params.values() if x.ndim > 0)
+    for path, x in moments:
+        param = next(v for k, v in params.items() if path.endswith(k))
+        assert x.sharding.is_equivalent_to(param.sharding, x.ndim), path
+    assert any(not x.sharding.is_fully_replicated for _, x in moments)
