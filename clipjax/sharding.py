@@ -59,10 +59,23 @@ def mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
 
 
 def make_mesh(sizes: Mapping[str, int], devices: Sequence = None) -> Mesh:
+    """The (data, fsdp, tensor) mesh. jax.make_mesh lays the axes along the physical torus; when
+    it cannot (an axis size that is no product of whole torus axes, e.g. fsdp=8 on v6e-256's
+    16x16, or v4's one-device-per-core description) the devices are used in (process, id)
+    order instead, with a warning: correct, but collectives may cross more links."""
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(sizes, len(devices))
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
-                         devices=devices)
+    axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    try:
+        return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
+    except (NotImplementedError, ValueError) as e:
+        import logging
+
+        logging.getLogger("clipjax").warning(
+            "mesh %s does not map onto the device topology (%s); using the devices in (process, id) order",
+            dict(zip(MESH_AXES, shape)), " ".join(str(e).split())[:200])
+        ordered = sorted(devices, key=lambda d: (d.process_index, d.id))
+        return Mesh(np.asarray(ordered, dtype=object).reshape(shape), MESH_AXES, axis_types=axis_types)
 
 
 def rules_from_config(rules) -> tuple[tuple[str, object], ...]:
