@@ -120,7 +120,7 @@ def run(args) -> int:
         if args.sheet:
             title = " + ".join(x for x in (f'"{args.text}"' if args.text else "", args.image or "") if x)
             search.contact_sheet([idx.store.thumbnail_image(r.id) for r in res],
-                                 [f"#{r.rank} {r.score:.3f}\n{r.caption or r.key}" for r in res], args.sheet, title=title)
+                                 [f"#{r.rank} | {r.score:.3f}\n{r.caption or r.key}" for r in res], args.sheet, title=title)
         return 0
     if args.command == "rank":
         from PIL import Image
@@ -129,7 +129,7 @@ def run(args) -> int:
         _print_results(res, args.json)
         if args.sheet:
             search.contact_sheet([Image.open(args.images[r["index"]]) for r in res],
-                                 [f"#{r['rank']} {r['score']:.3f}" for r in res], args.sheet, title=f'"{args.text}"')
+                                 [f"#{r['rank']} | {r['score']:.3f}" for r in res], args.sheet, title=f'"{args.text}"')
         return 0
     if args.command == "duplicates":
         idx = search.SearchIndex.open(args.index, None)

@@ -17,6 +17,8 @@ import numpy as np
 DEFAULT_THRESHOLD = 200_000
 HNSW_M = 32
 EF_SEARCH = 128
+SMALL_BATCH = 4  # query batches up to this size search on one thread
+ALL_THREADS = faiss.omp_get_max_threads()
 
 
 def build(emb: np.ndarray, threshold: int = DEFAULT_THRESHOLD, kind: str = "auto"):
@@ -24,6 +26,7 @@ def build(emb: np.ndarray, threshold: int = DEFAULT_THRESHOLD, kind: str = "auto
     "hnsw" or "ivf"."""
     emb = np.ascontiguousarray(emb, np.float32)
     n, d = emb.shape
+    faiss.omp_set_num_threads(ALL_THREADS)
     if kind == "auto":
         kind = "flat" if n <= threshold else "hnsw"
     t0 = time.perf_counter()
@@ -62,15 +65,22 @@ def recall_at_k(index, emb: np.ndarray, k: int = 10, queries: int = 1000, seed: 
 
 
 def search(index, queries: np.ndarray, k: int):
-    """(scores, ids) (q, k), -1 ids dropped by the caller."""
+    """(scores, ids) (q, k), -1 ids dropped by the caller.
+
+    A few queries run on one OpenMP thread: FAISS's threads per single query cost more than
+    they gain when the cores are busy (measured on this 2-core machine under load: 100k x 64
+    exact, p50 28 ms on 2 threads vs 2.1 ms on 1; docs/benchmarks.md); batches use them all."""
     k = max(1, min(int(k), index.ntotal))
-    return index.search(np.ascontiguousarray(queries, np.float32), k)
+    queries = np.ascontiguousarray(queries, np.float32)
+    faiss.omp_set_num_threads(1 if len(queries) <= SMALL_BATCH else ALL_THREADS)
+    return index.search(queries, k)
 
 
 def neighbours_within(index, emb: np.ndarray, threshold: float, k: int = 32):
     """(lims, scores, ids) of every row's neighbours with similarity >= threshold: FAISS range
     search on an exact index, else the top-k of an approximate one filtered by the threshold."""
     emb = np.ascontiguousarray(emb, np.float32)
+    faiss.omp_set_num_threads(ALL_THREADS)
     if isinstance(index, faiss.IndexFlat):
         return index.range_search(emb, float(threshold))
     scores, ids = index.search(emb, min(k, index.ntotal))
