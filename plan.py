@@ -25,8 +25,8 @@ _JSON = flags.DEFINE_string("json", "", "write the plan as JSON here")
 _HLO = flags.DEFINE_string("hlo", "", "write the compiled HLO text here")
 _MAX_COMPILES = flags.DEFINE_integer("max_compiles", 4, "compiles --find-max-batch may spend (besides the first)")
 _OPT = flags.DEFINE_enum("opt_state_sharding", "params", ["params", "replicated"],
-                         "params: optimizer moments sharded like their parameters (what the loop means); replicated: "
-                         "what jax.jit(tx.init) in clipjax.train.state.create_state gives today")
+                         "params: optimizer moments sharded like their parameters (what create_state does); "
+                         "replicated: what its jax.jit(tx.init) gave before it had out_shardings")
 _TIMEOUT = flags.DEFINE_float("timeout", 3600, "seconds one compile may take")
 
 

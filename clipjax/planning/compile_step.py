@@ -30,7 +30,7 @@ from clipjax.planning import flops as analytic
 from clipjax.planning import hlo
 from clipjax.tasks import task_module
 from clipjax.train.optimizer import make_optimizer
-from clipjax.train.state import TrainState, make_guarded_step
+from clipjax.train.state import TrainState, make_guarded_step, opt_state_shardings
 
 
 _OOM = re.compile(r"RESOURCE_EXHAUSTED: .*?total memory required for HLO temporaries \(([\d.]+)([KMGT]?)\) exceeds")
@@ -66,25 +66,9 @@ def batch_specs(task, config, mesh, rules):
 
 
 def optimizer_state(tx, params, rep):
-    """The optimizer state as ShapeDtypeStructs, each moment sharded like the parameter it
-    belongs to (matched by path suffix and shape), everything else replicated.
-
-    This is the layout clipjax.train.state.create_state means ("optimizer moments inherit the
-    parameters' shardings"); `jax.jit(tx.init)` alone does not give it: the moments are zeros
-    with no data dependence on the parameters, so nothing propagates and they come out
-    replicated (see docs/planning.md)."""
-    flat_params = {tuple(str(k) for k in path): x for path, x in jax.tree_util.tree_leaves_with_path(params)}
-    by_len = sorted({len(k) for k in flat_params}, reverse=True)
-
-    def place(path, x):
-        keys = tuple(str(k) for k in path)
-        for n in by_len:
-            p = flat_params.get(keys[-n:]) if len(keys) >= n else None
-            if p is not None and p.shape == x.shape:
-                return _sds(x, p.sharding)
-        return _sds(x, rep)
-
-    return jax.tree_util.tree_map_with_path(place, jax.eval_shape(tx.init, params))
+    """The optimizer state as ShapeDtypeStructs with the shardings create_state gives it
+    (clipjax.train.state.opt_state_shardings: each moment sharded like its parameter)."""
+    return jax.tree_util.tree_map(_sds, jax.eval_shape(tx.init, params), opt_state_shardings(tx, params, rep))
 
 
 def abstract_state(task, config, mesh, rules, opt_sharding: str = "params"):
@@ -100,7 +84,7 @@ def abstract_state(task, config, mesh, rules, opt_sharding: str = "params"):
                                     is_leaf=is_box)
     variables = jax.tree_util.tree_map(_sds, values, var_sh)
     tx, _ = make_optimizer(config.optimizer, config.total_steps, variables["params"])
-    if opt_sharding == "replicated":  # what jit(tx.init) in create_state gives today (see docs/planning.md)
+    if opt_sharding == "replicated":  # what jit(tx.init) in create_state gave before 665780b (docs/planning.md)
         opt_state = jax.tree_util.tree_map(lambda x: _sds(x, rep), jax.eval_shape(tx.init, variables["params"]))
     else:
         opt_state = optimizer_state(tx, variables["params"], rep)
