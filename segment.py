@@ -4,8 +4,10 @@
         --output out/
 
 PATH: a clipjax CLIPSeg checkpoint or training workdir, or a transformers CLIPSeg directory. A
-prompt is text, or the path of an example image (a visual prompt). Writes, per prompt,
-`mask_<k>.png` (the probability map, 0-255, at the image's size) and `overlay.png` (the image,
+prompt is text, or the path of an example image (a visual prompt). The model sees the whole
+image (resized to its input size, no crop, with the checkpoint's preprocessing) and its mask
+logits are resized back to the image's own height x width (LoadedCLIPSeg.segment). Writes, per
+prompt, `mask_<k>.png` (the probability map, 0-255, at the image's size) and `overlay.png` (the image,
 then for each prompt the predicted mask over it, titled with the prompt — the layout of the
 CLIPSeg paper's examples). Prints the foreground fraction per prompt at --threshold.
 """
@@ -48,6 +50,7 @@ def main(argv=None) -> int:
     from PIL import Image
 
     import clipjax
+    from clipjax.preprocess import to_rgb
     from clipjax.variables import CheckpointError
     from clipjax.evaluation.segmentation import overlay_png
 
@@ -55,17 +58,13 @@ def main(argv=None) -> int:
         seg = clipjax.load(args.checkpoint)
         if not hasattr(seg, "segment"):
             raise ValueError(f"{args.checkpoint} is a CLIP model, not CLIPSeg")
-        with Image.open(args.image) as im:
-            image = np.asarray(im.convert("RGB"))
+        image = np.asarray(to_rgb(args.image))
     except (CheckpointError, ValueError, OSError) as e:
         print(f"segment.py: error: {e}", file=sys.stderr)
         return 2
     prompts = _prompts(args.prompt)
-    logits = np.asarray(seg.segment([image] * len(prompts), prompts))  # (K, S, S)
-    probs = 1.0 / (1.0 + np.exp(-logits))
-    h, w = image.shape[:2]
-    resized = np.stack([np.asarray(Image.fromarray(pr.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR))
-                        for pr in probs])
+    logits = np.asarray(seg.segment([image], prompts))  # (K, H, W): at the image's own size
+    resized = 1.0 / (1.0 + np.exp(-logits))
     os.makedirs(args.output, exist_ok=True)
     labels = [a if isinstance(pr, str) else f"[image] {os.path.basename(a)}" for a, pr in zip(args.prompt, prompts)]
     for k, (pr, label) in enumerate(zip(resized, labels)):

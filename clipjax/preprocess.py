@@ -16,6 +16,23 @@ from PIL import Image
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# torchvision's ImageNet statistics (transformers' IMAGENET_DEFAULT_MEAN / _STD): what the CIDAS
+# CLIPSeg checkpoints' ViTImageProcessor normalises with
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# PIL's resampling filters by name; the integers are what a preprocessor_config.json "resample" holds
+RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+
+
+def resample_name(value) -> str:
+    """A PIL filter given as its name or as the integer of a preprocessor_config.json -> its name."""
+    if isinstance(value, str) and value.lower() in RESAMPLE:
+        return value.lower()
+    if isinstance(value, int) and not isinstance(value, bool):
+        for name, code in RESAMPLE.items():
+            if code == value:
+                return name
+    raise ValueError(f"unknown resampling filter {value!r}: expected one of {sorted(RESAMPLE)} or 0-5 (PIL's codes)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,20 +139,45 @@ def _preprocess_one(image, image_size: int, mean: np.ndarray, std: np.ndarray) -
     return (pixels - mean) / std
 
 
+def image_list(images) -> list:
+    """One image or a batch -> a non-empty list. A list/tuple or a 4-D array is a batch."""
+    is_batch = isinstance(images, (list, tuple)) or (isinstance(images, np.ndarray) and images.ndim == 4)
+    images = list(images) if is_batch else [images]
+    if not images:
+        raise ValueError("no images given")
+    return images
+
+
 def preprocess_images(images, image_size: int = 224, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
     """(B, image_size, image_size, 3) float32 NHWC pixels for CLIP.
 
     ``images``: one or a list of PIL images (any mode; transparency goes onto white), file paths,
     uint8 HWC arrays, float HWC arrays in [0, 1], or grayscale HW arrays.
     """
-    # A 4-D array is a batch; anything else that is not a list/tuple is one image.
-    is_batch = isinstance(images, (list, tuple)) or (isinstance(images, np.ndarray) and images.ndim == 4)
-    images = list(images) if is_batch else [images]
-    if not images:
-        raise ValueError("no images given")
+    images = image_list(images)
     mean = np.asarray(mean, dtype=np.float32)
     std = np.asarray(std, dtype=np.float32)
     return np.stack([_preprocess_one(image, image_size, mean, std) for image in images])
+
+
+def resize_images(images, height: int, width: int, resample: str = "bilinear", mean=IMAGENET_MEAN,
+                  std=IMAGENET_STD) -> np.ndarray:
+    """(B, height, width, 3) float32 NHWC: each whole image resized to height x width (the aspect
+    ratio is not kept and nothing is cropped) with PIL's `resample` filter, then x/255 and
+    (x - mean) / std -- pixel for pixel what transformers' ``ViTImageProcessor`` does with its PIL
+    backend (``ViTImageProcessorPil``; the torchvision backend resizes tensors and can differ by
+    a grey level). The defaults are that processor's: bilinear, ImageNet mean/std. ``images`` as
+    for ``preprocess_images``."""
+    filt = Image.Resampling(RESAMPLE[resample_name(resample)])
+    mean = np.asarray(mean, dtype=np.float32)
+    std = np.asarray(std, dtype=np.float32)
+    out = []
+    for image in image_list(images):
+        rgb = to_rgb(image)
+        resized = np.asarray(rgb.resize((width, height), resample=filt))
+        pixels = (resized.astype(np.float64) * (1 / 255)).astype(np.float32)
+        out.append((pixels - mean) / std)
+    return np.stack(out)
 
 
 def hf_image_processor(image_size: int = 224, mean=CLIP_MEAN, std=CLIP_STD):
@@ -154,4 +196,5 @@ def hf_image_processor(image_size: int = 224, mean=CLIP_MEAN, std=CLIP_STD):
     )
 
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "preprocess_images", "hf_image_processor", "to_rgb", "resize_shape"]
+__all__ = ["CLIP_MEAN", "CLIP_STD", "IMAGENET_MEAN", "IMAGENET_STD", "RESAMPLE", "preprocess_images", "resize_images",
+           "hf_image_processor", "to_rgb", "resize_shape", "resample_name", "image_list"]

@@ -50,7 +50,8 @@ def _run(cfg, **inputs):
     b = 2
     px = rng.normal(size=(b, cfg.image_size, cfg.image_size, 3)).astype(np.float32)
     ids = random_ids(b, cfg.clip.text.context_length, cfg.clip.text.vocab_size, seed=2)
-    cond_px = rng.normal(size=(b, cfg.clip.vision.image_size, cfg.clip.vision.image_size, 3)).astype(np.float32)
+    # visual prompts at the segmenter's size, as CLIPSegProcessor prepares them (CLIP interpolates)
+    cond_px = rng.normal(size=(b, cfg.image_size, cfg.image_size, 3)).astype(np.float32)
     emb = rng.normal(size=(b, cfg.clip.embed_dim)).astype(np.float32)
     t_in, j_in = {"pixel_values": torch.from_numpy(px.transpose(0, 3, 1, 2))}, {}
     if inputs.get("text"):
@@ -74,6 +75,10 @@ def _run(cfg, **inputs):
     ("raw vector", _cfg(), {"vector": True}),
     ("rd64-refined head, patch 16, 64px over 32px", _cfg(patch=16, seg_size=64, reduce_dim=64, complex_head=True),
      {"text": True}),
+    ("96px over a 64px table (4x4 -> 6x6)", _cfg(patch=16, clip_size=64, seg_size=96), {"text": True}),
+    ("352px over a 224px table (14x14 -> 22x22), refined head",
+     _cfg(patch=16, clip_size=224, seg_size=352, reduce_dim=64, complex_head=True), {"text": True}),
+    ("visual prompt at 96px over a 64px table", _cfg(patch=16, clip_size=64, seg_size=96), {"visual": True}),
 ])
 def test_logits_match_transformers(name, cfg, inputs):
     ref, got, _, _ = _run(cfg, **inputs)
@@ -112,9 +117,16 @@ def test_hf_round_trip_is_bitwise(tmp_path):
     out = hf_clipseg.to_hf_state_dict(back, cfg)
     ref = {k: v for k, v in sd.items() if not k.endswith("position_ids")}
     assert set(out) == set(ref) and all(np.array_equal(out[k], ref[k]) for k in ref)
-    import transformers  # the exported directory loads in transformers itself
+    import transformers  # the exported directory loads in transformers itself, processor included
 
     transformers.CLIPSegForImageSegmentation.from_pretrained(str(tmp_path / "seg"))
+    proc = transformers.CLIPSegProcessor.from_pretrained(str(tmp_path / "seg"))
+    assert dict(proc.image_processor.size) == {"height": 64, "width": 64}
+    assert list(proc.image_processor.image_mean) == list(cfg.image_mean) and proc.image_processor.resample == 3
+    assert proc.tokenizer("a photo")["input_ids"][0] == 49406
+    assert type(transformers.AutoProcessor.from_pretrained(str(tmp_path / "seg"))).__name__ == "CLIPSegProcessor"
+    cfg3 = hf_clipseg.load_hf_clipseg(str(tmp_path / "seg"))[0]  # size, mean/std, resample read back
+    assert dataclasses.replace(cfg3, clip=cfg.clip) == cfg
 
 
 @pytest.mark.parametrize("complex_head", [False, True])
@@ -132,7 +144,9 @@ def test_original_layout_round_trip(tmp_path, complex_head):
     assert ("trans_conv.0.weight" in sd) == complex_head
     cfg2, back = hf_clipseg.load_original(str(tmp_path / "rd.pth"), read_any(str(tmp_path / "clip")), extract_layers=(1, 2, 3),
                                           decoder_heads=2, image_size=64)
-    assert dataclasses.replace(cfg2, clip=cfg.clip) == cfg
+    # an original decoder file records no preprocessing: the original repository's is assumed
+    pre = {k: v for k, v in hf_clipseg.CIDAS_PREPROCESSING.items() if k != "image_size"}
+    assert dataclasses.replace(cfg2, clip=cfg.clip) == dataclasses.replace(cfg, **pre)
     a, b = flatten_variables(variables), flatten_variables(back)
     assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
     px = np.random.default_rng(0).normal(size=(1, 64, 64, 3)).astype(np.float32)

@@ -15,7 +15,17 @@ The conditioning vector c is a projected (un-normalised) CLIP embedding, as tran
 image, a raw vector, or alpha * text + (1 - alpha) * visual. CLIP is frozen: its outputs are
 wrapped in stop_gradient (training also freezes its parameters in the optimizer).
 Images at another size than CLIP's (352 px for the released models) interpolate CLIP's
-position embeddings with PyTorch's bicubic kernel (clipjax.models.vit.resize_pos_grid).
+position embeddings with PyTorch's bicubic kernel (clipjax.models.vit.resize_pos_grid), as
+transformers' CLIPSegVisionEmbeddings does (align_corners=False, no antialiasing, the class
+token's position kept); the rest of the model is size-independent.
+
+The config also says how an image is prepared for the model (`LoadedCLIPSeg` follows it): the
+whole image resized to image_size x image_size, no crop, with the PIL filter `resample`, then
+x/255 and (x - image_mean) / image_std. The dataclass defaults (CLIP's mean/std, bicubic) are
+what clipjax's own CLIPSeg training and evaluation normalise with; a transformers directory is
+read with its preprocessor_config.json (the CIDAS checkpoints: bilinear, ImageNet mean/std), and
+an original decoder file with the original repository's ImageNet mean/std and bilinear resize
+(clipjax.convert.hf_clipseg).
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import flax.linen as nn
 from clipjax.models.clip import CLIP
 from clipjax.models.config import CLIPConfig, DictConfig
 from clipjax.models.layers import Block, dense, dtype_of, logical
+from clipjax.preprocess import CLIP_MEAN, CLIP_STD, RESAMPLE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +57,11 @@ class CLIPSegConfig(DictConfig):
     conditional_layer: int = 0
     complex_head: bool = False  # the "refined" transposed-conv head
     image_size: int = 352  # input resolution of the segmenter (CLIP's positions are interpolated)
+    # preprocessing (see the module docstring): defaults are clipjax training's, NOT the CIDAS
+    # checkpoints' (those are set by the converters from preprocessor_config.json)
+    image_mean: Tuple[float, ...] = CLIP_MEAN
+    image_std: Tuple[float, ...] = CLIP_STD
+    resample: str = "bicubic"  # a PIL filter name: nearest, lanczos, bilinear, bicubic, box, hamming
 
     def validate(self) -> None:
         depth = self.clip.vision.layers
@@ -57,6 +73,10 @@ class CLIPSegConfig(DictConfig):
             raise ValueError(f"conditional_layer {self.conditional_layer} must be < {len(self.extract_layers)}")
         if self.complex_head and self.clip.vision.patch_size % 4:
             raise ValueError("the refined head needs a patch size divisible by 4")
+        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
+            raise ValueError(f"image_mean / image_std need 3 values (std > 0), got {self.image_mean} / {self.image_std}")
+        if self.resample not in RESAMPLE:
+            raise ValueError(f"resample {self.resample!r} is not one of {sorted(RESAMPLE)}")
 
 
 

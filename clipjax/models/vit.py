@@ -19,29 +19,35 @@ from clipjax.models.config import VisionConfig
 from clipjax.models.layers import constrain, dense, dtype_of, layer_norm, logical, projection, tower_transformer
 
 
-def _cubic(t: np.ndarray, a: float = -0.75) -> np.ndarray:
-    """PyTorch's cubic convolution kernel (upsample_bicubic2d), distances t >= 0."""
-    t = np.abs(t)
-    return np.where(
-        t <= 1,
-        ((a + 2) * t - (a + 3)) * t * t + 1,
-        np.where(t < 2, ((a * t - 5 * a) * t + 8 * a) * t - 4 * a, 0.0),
-    )
+def _cubic1(x, a):
+    """PyTorch's cubic_convolution1 (|x| <= 1), in x's dtype."""
+    return ((a + 2) * x - (a + 3)) * x * x + 1
+
+
+def _cubic2(x, a):
+    """PyTorch's cubic_convolution2 (1 < |x| < 2), in x's dtype."""
+    return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
 
 
 @functools.lru_cache(maxsize=64)
 def torch_bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
     """(out, in) matrix M with M @ x == F.interpolate(x, out, mode="bicubic", align_corners=False)
-    along one axis: half-pixel centres, A=-0.75, border indices clamped."""
+    along one axis: half-pixel centres, A=-0.75, border indices clamped. The source positions and
+    the four weights are computed in float32 as PyTorch's x86 CPU kernel does for float32
+    (upsample_bicubic2d: scale = in/out, scale * (o + 0.5) - 0.5 in one fused multiply-add,
+    floor, t clamped to [0, 1]); in float64 the result moves by up to ~1e-5 of the grid's scale
+    at sizes such as 24 -> 37."""
+    f = np.float32
+    a = f(-0.75)
     m = np.zeros((out_size, in_size), np.float64)
-    scale = in_size / out_size
+    scale = f(in_size) / f(out_size)
     for o in range(out_size):
-        src = scale * (o + 0.5) - 0.5
-        x0 = int(np.floor(src))
-        t = src - x0
-        for k in range(-1, 3):
-            idx = min(max(x0 + k, 0), in_size - 1)
-            m[o, idx] += _cubic(np.array(t - k))
+        src = f(np.float64(scale) * np.float64(f(o) + f(0.5)) - 0.5)  # one rounding: the compiled kernel's FMA
+        x0 = min(int(np.floor(src)), in_size - 1)
+        t = min(max(src - f(x0), f(0)), f(1))
+        weights = (_cubic2(t + f(1), a), _cubic1(t, a), _cubic1(f(1) - t, a), _cubic2((f(1) - t) + f(1), a))
+        for k, w in zip(range(-1, 3), weights):
+            m[o, min(max(x0 + k, 0), in_size - 1)] += float(w)
     return m.astype(np.float32)
 
 
