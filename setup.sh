@@ -11,6 +11,14 @@ if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && comm
   { $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; } \
     || echo "setup.sh: could not install dataset-fashion-mnist (Fashion-MNIST tests will be skipped)" >&2
 fi
+# A browser for the search page's test: tests/test_search_web.py drives Debian's chromium through
+# Playwright (Playwright's own browser download is not reachable). Without it that test is skipped.
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
+  { $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+    || echo "setup.sh: could not install chromium (the search page's browser test will be skipped)" >&2
+fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
