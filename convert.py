@@ -36,7 +36,9 @@ def main(argv=None) -> int:
     p.add_argument("--clip", default="", help="CLIPSeg original decoder sources: the CLIP checkpoint it runs on")
     p.add_argument("--extract-layers", type=int, nargs="+", default=[3, 6, 9])
     p.add_argument("--decoder-heads", type=int, default=4, help="original decoders: attention heads (not stored)")
-    p.add_argument("--image-size", type=int, default=352, help="CLIPSeg input resolution")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="CLIPSeg input resolution (default: a transformers directory's preprocessor_config.json; "
+                        "352 for original decoder files)")
     p.add_argument("--ram", default="", help="recognize-anything sources: released model name or config JSON")
     p.add_argument("--vocab", default="", help="Tag2Text / RAM: the WordPiece vocab.txt to keep with the model")
     p.add_argument("--arch", default=None,
@@ -60,7 +62,7 @@ def main(argv=None) -> int:
         if args.clip:
             src_fmt = "clipseg original decoder"
             cfg, variables = hf_clipseg.load_original(args.src, read_any(args.clip), tuple(args.extract_layers),
-                                                      args.decoder_heads, image_size=args.image_size)
+                                                      args.decoder_heads, image_size=args.image_size or 352)
         elif not storage.is_remote(args.src) and hf_clipseg.is_hf_clipseg_dir(args.src):
             src_fmt = "hf clipseg"
             cfg, variables = hf_clipseg.load_hf_clipseg(args.src, image_size=args.image_size)

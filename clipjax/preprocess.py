@@ -40,14 +40,47 @@ def resample_name(value) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _pil_to_rgb(image: Image.Image) -> Image.Image:
-    """transformers' convert_to_rgb for PIL: transparency is composited onto white (a bare
-    ``convert("RGB")`` would keep the hidden colour of transparent pixels, often black)."""
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
-        rgba = image.convert("RGBA")
+def pil_to_rgb_array(img: Image.Image) -> tuple[np.ndarray, bool]:
+    """PIL image of any mode -> (uint8 (H, W, 3), whether a conversion happened): the one
+    decoder of every path (clipjax.load's encode_image / segment / tag, and the training and
+    evaluation readers in clipjax.data.images), so one file gives one embedding everywhere.
+
+    Transparency is composited onto white (transformers' convert_to_rgb; a bare
+    ``convert("RGB")`` would show the hidden colour of transparent pixels, often black).
+    16-bit images (I;16, and I up to 65535) are rescaled (v / 257) and 32-bit ints by their
+    maximum; float images (F) in [0, 1] are scaled by 255. transformers' processor differs
+    there: PIL's ``convert("RGB")`` clips a 16-bit PNG at 255 (most of a photo turns white)."""
+    mode = img.mode
+    if mode == "RGB":
+        return np.asarray(img, np.uint8), False
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(img).astype(np.float64)
+        scale = 257.0 if mode.startswith("I;16") or a.max(initial=0) > 255 else 1.0
+        if mode == "I" and a.max(initial=0) > 65535:
+            scale = a.max() / 255.0
+        g = np.clip(np.round(a / scale), 0, 255).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=-1), True
+    if mode == "F":
+        a = np.nan_to_num(np.asarray(img, np.float64))
+        if a.max(initial=0) <= 1.0:
+            a = a * 255.0
+        g = np.clip(np.round(a), 0, 255).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=-1), True
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        mode == "P" and "transparency" in img.info) or (
+        mode in ("L", "RGB") and "transparency" in img.info)
+    if has_alpha:
+        rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), np.uint8), True
+    return np.asarray(img.convert("RGB"), np.uint8), True
+
+
+def _pil_to_rgb(image: Image.Image) -> Image.Image:
+    """An RGB PIL image by `pil_to_rgb_array`'s rules."""
+    if image.mode == "RGB" and image.info.get("transparency") is None:
+        return image
+    return Image.fromarray(pil_to_rgb_array(image)[0], mode="RGB")
 
 
 def _array_to_uint8(array: np.ndarray) -> np.ndarray:
@@ -85,11 +118,15 @@ def _array_to_rgb(array: np.ndarray) -> Image.Image:
 
 def _load_file(path: str | os.PathLike) -> Image.Image:
     """Open and fully decode a file (PIL decodes lazily: truncation would otherwise surface later,
-    far from the file name)."""
+    far from the file name), upright by its EXIF orientation and converted by
+    `pil_to_rgb_array`, as the training and evaluation readers do. (transformers' processor
+    ignores EXIF orientation and clips 16-bit files: see pil_to_rgb_array.)"""
+    from PIL import ImageOps
+
     try:
         with Image.open(path) as image:
             image.load()
-            return _pil_to_rgb(image)
+            return _pil_to_rgb(ImageOps.exif_transpose(image))
     except (OSError, ValueError, Image.DecompressionBombError) as e:  # UnidentifiedImageError is an OSError
         raise ValueError(f"cannot read image file {os.fspath(path)!r}: {e}") from e
 

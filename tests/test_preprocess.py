@@ -49,17 +49,21 @@ def test_matches_transformers_on_photos(image_size):
 
 
 def test_modes_match_transformers():
-    """Modes transformers converts itself: grayscale, LA, P with transparency, CMYK, 16-bit."""
+    """Modes transformers converts itself: grayscale, LA, P with transparency, CMYK, 1-bit; a
+    16-bit image is where clipjax differs on purpose (rescaled, where transformers clips)."""
     rgb = _photo("chelsea.png").convert("RGB")
     rgba = rgb.convert("RGBA")
     rgba.putalpha(Image.linear_gradient("L").resize(rgb.size))
     gray16 = Image.fromarray(np.asarray(rgb.convert("L"), np.uint16) * 257)
     palette = rgb.convert("P")
     palette.info["transparency"] = 0
-    images = [rgb.convert("L"), rgba, rgba.convert("LA"), palette, rgb.convert("CMYK"), gray16, rgb.convert("1")]
+    images = [rgb.convert("L"), rgba, rgba.convert("LA"), palette, rgb.convert("CMYK"), rgb.convert("1")]
     diff = _max_diff(preprocess_images(images), _reference(images, 224))
     print(f"modes: max |ours - transformers| = {diff:.3g}")
     assert diff <= 1e-5
+    # 16-bit: the same picture as its 8-bit original (v / 257); transformers clips it to white
+    np.testing.assert_array_equal(preprocess_images(gray16), preprocess_images(rgb.convert("L")))
+    assert _max_diff(preprocess_images(gray16), _reference([gray16], 224)) > 1.0
 
 
 def test_resize_shape_truncates_like_transformers():
@@ -140,3 +144,21 @@ def test_hf_image_processor_roundtrip(tmp_path):
     assert (loaded.crop_size["height"], loaded.crop_size["width"]) == (336, 336)
     np.testing.assert_allclose(loaded.image_mean, CLIP_MEAN)
     np.testing.assert_allclose(loaded.image_std, CLIP_STD)
+
+
+def test_one_decoder_for_a_16_bit_png(tmp_path):
+    """clip.encode_image(path) and the training / evaluation reader see the same pixels of a
+    16-bit PNG: rescaled (v / 257), not clipped at 255 as PIL's convert("RGB") would."""
+    from PIL import Image
+
+    from clipjax.data.images import Counts, decode_image
+    from clipjax.preprocess import preprocess_images
+
+    a = np.random.default_rng(0).integers(0, 65535, (40, 48)).astype(np.uint16)
+    path = tmp_path / "deep.png"
+    Image.fromarray(a).save(path)
+    assert Image.open(path).mode == "I;16"
+    decoded = decode_image(path.read_bytes(), Counts())
+    np.testing.assert_array_equal(decoded[..., 0], np.round(a / 257.0).astype(np.uint8))
+    assert (decoded == 255).mean() < 0.01
+    np.testing.assert_array_equal(preprocess_images([str(path)], 32), preprocess_images([decoded], 32))

@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from clipjax import storage
+from clipjax.preprocess import pil_to_rgb_array
 
 MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb limit
 MAX_FILE_BYTES = 64 * 2**20  # an image file (or tar member) larger than this is skipped unread
@@ -84,37 +85,6 @@ class Counts:
 
 
 # ------------------------------------------------------------------------------ images
-def _to_rgb(img: Image.Image) -> tuple[np.ndarray, bool]:
-    """PIL image of any mode -> (uint8 (H, W, 3), whether a conversion happened)."""
-    mode = img.mode
-    if mode == "RGB":
-        return np.asarray(img, np.uint8), False
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        a = np.asarray(img)
-        a = a.astype(np.float64)
-        # 16-bit PNG opens as I;16 (or I): full range 0..65535. 32-bit ints rescaled by max.
-        scale = 257.0 if mode.startswith("I;16") or a.max(initial=0) > 255 else 1.0
-        if mode == "I" and a.max(initial=0) > 65535:
-            scale = a.max() / 255.0
-        g = np.clip(np.round(a / scale), 0, 255).astype(np.uint8)
-        return np.repeat(g[..., None], 3, axis=-1), True
-    if mode == "F":
-        a = np.asarray(img, np.float64)
-        a = np.nan_to_num(a)
-        if a.max(initial=0) <= 1.0:
-            a = a * 255.0
-        g = np.clip(np.round(a), 0, 255).astype(np.uint8)
-        return np.repeat(g[..., None], 3, axis=-1), True
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        mode == "P" and "transparency" in img.info) or (
-        mode in ("L", "RGB") and "transparency" in img.info)
-    if has_alpha:
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), np.uint8), True
-    return np.asarray(img.convert("RGB"), np.uint8), True
-
-
 def decode_image(data: bytes | None, counts: Counts) -> np.ndarray | None:
     """Encoded image bytes -> uint8 (H, W, 3), or None (counted) when it must be skipped.
 
@@ -132,7 +102,7 @@ def decode_image(data: bytes | None, counts: Counts) -> np.ndarray | None:
                 return None
             img.load()
             img = ImageOps.exif_transpose(img)
-            arr, converted = _to_rgb(img)
+            arr, converted = pil_to_rgb_array(img)
     except UnidentifiedImageError:
         counts.skipped_corrupt += 1
         return None
