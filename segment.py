@@ -21,19 +21,25 @@ import sys
 import numpy as np
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
 def _prompts(raw):
-    """Strings that name an existing image file become PIL images (visual prompts)."""
-    from PIL import Image
+    """Strings that name an existing image file become RGB images (visual prompts, decoded as
+    every image is: clipjax.preprocess.to_rgb). A prompt that looks like an image path (one word
+    ending in an image suffix) but names no readable image is an error, not a text prompt: a
+    typo in a file name must not silently segment the words "exmaple.png"."""
+    from clipjax.preprocess import to_rgb
 
     out = []
     for p in raw:
-        if os.path.isfile(p):
-            try:
-                with Image.open(p) as im:
-                    out.append(im.convert("RGB"))
-                continue
-            except OSError:
-                pass
+        looks_like_path = p.lower().endswith(IMAGE_SUFFIXES) and " " not in p.strip()
+        if os.path.isfile(p) or looks_like_path:
+            if not os.path.isfile(p):
+                raise ValueError(f"--prompt {p!r} looks like an image file but there is no such file "
+                                 "(a text prompt with spaces is read as text)")
+            out.append(to_rgb(p))  # ValueError naming the file when it is not a readable image
+            continue
         out.append(p)
     return out
 
@@ -59,10 +65,10 @@ def main(argv=None) -> int:
         if not hasattr(seg, "segment"):
             raise ValueError(f"{args.checkpoint} is a CLIP model, not CLIPSeg")
         image = np.asarray(to_rgb(args.image))
+        prompts = _prompts(args.prompt)
     except (CheckpointError, ValueError, OSError) as e:
         print(f"segment.py: error: {e}", file=sys.stderr)
         return 2
-    prompts = _prompts(args.prompt)
     logits = np.asarray(seg.segment([image], prompts))  # (K, H, W): at the image's own size
     resized = 1.0 / (1.0 + np.exp(-logits))
     os.makedirs(args.output, exist_ok=True)

@@ -73,3 +73,7 @@ def test_clipseg_trains_evaluates_and_predicts(tmp_path):
     mask = np.asarray(Image.open(tmp_path / "pred" / "mask_1.png"))
     assert mask.shape == (40, 48) and os.path.exists(tmp_path / "pred" / "overlay.png")
     assert segment.main(["--checkpoint", clip_path, "--image", path, "--prompt", "x", "--output", str(tmp_path)]) == 2
+    # a misspelled example image is an error naming it, not the text prompt "exmaple.png"
+    assert segment.main(["--checkpoint", wd, "--image", path, "--prompt", str(tmp_path / "exmaple.png"),
+                         "--output", str(tmp_path / "typo")]) == 2
+    assert not os.path.exists(tmp_path / "typo")
