@@ -81,17 +81,14 @@ def _train_cmd(workdir, *extra, source=SHARDS):
 
 
 def _committed(workdir) -> list[int]:
-    """Steps a re-run would restore: what Orbax itself lists (on GCS a step counts only once its
-    commit_success marker is written, after the metadata's timestamp) and is_committed accepts."""
-    import orbax.checkpoint as ocp
-
     from clipjax.train.checkpoints import is_committed
 
     root = storage.join(workdir, "checkpoints")
-    if not storage.exists(root):
+    try:
+        names = storage.listdir(root)
+    except FileNotFoundError:
         return []
-    steps = ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True)).all_steps()
-    return sorted(s for s in steps if is_committed(storage.join(root, str(s))))
+    return sorted(int(n) for n in names if n.isdigit() and is_committed(storage.join(root, n)))
 
 
 def _losses(workdir) -> dict:
