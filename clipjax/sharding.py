@@ -68,7 +68,7 @@ def make_mesh(sizes: Mapping[str, int], devices: Sequence = None) -> Mesh:
     axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
     try:
         return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
-    except (NotImplementedError, ValueError) as e:
+    except (NotImplementedError, ValueError, AssertionError) as e:  # v4 per-core devices: AssertionError
         import logging
 
         logging.getLogger("clipjax").warning(
