@@ -28,3 +28,7 @@ class Task:
     make_evaluator: Callable[[], Optional[Callable]]
     # (fresh sharded variables) -> variables with pretrained parts loaded, or None
     post_init: Optional[Callable] = None
+    # (global batch size) -> ((shape, dtype), ...): the layout of the step's *batch, what make_data
+    # yields (tests/test_task_batch_specs.py checks it against a real batch); plan.py compiles
+    # the step for these shapes without any data
+    batch_spec: Optional[Callable[[int], tuple]] = None
