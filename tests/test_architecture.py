@@ -25,6 +25,9 @@ ALLOWED = {
     "planning": {"tasks", "train", "models"},
     # search.py's room: an embedding index, queries and the web page over a loaded CLIP
     "search": {"inference", "evaluation", "data", "models"},
+    # CLIP's applications (moderation, localisation, VQA, video, corruption robustness, WiSE-FT):
+    # one module each over loaded models, evaluators and datasets (moderate.py, locate.py, ...)
+    "apps": {"inference", "evaluation", "data", "models", "convert"},
 }
 
 
