@@ -53,9 +53,18 @@ def checkpoint_manager(workdir: str, config):
                                              enable_async_checkpointing=True))
 
 
+# On gs:// Orbax does not rename a temporary directory (objects cannot be renamed): it writes
+# the step under its final name and marks it finished with this object, *after* the metadata's
+# commit timestamp (orbax/checkpoint/_src/path/atomicity.py, CommitFileTemporaryPath).
+ORBAX_COMMIT_FILE = "commit_success.txt"
+
+
 def is_committed(step_dir: str) -> bool:
-    """A step directory Orbax finished: final name and a commit timestamp in its metadata."""
+    """A step directory Orbax finished: final name, a commit timestamp in its metadata and, on
+    gs://, Orbax's commit object (a process killed between the two leaves a step Orbax skips)."""
     meta = storage.join(step_dir, "_CHECKPOINT_METADATA")
+    if storage.scheme(step_dir) == "gs" and not storage.exists(storage.join(step_dir, ORBAX_COMMIT_FILE)):
+        return False
     try:
         return json.loads(storage.read_text(meta)).get("commit_timestamp_nsecs") is not None
     except (OSError, ValueError):  # StorageError is a ValueError
