@@ -12,11 +12,13 @@ import functools
 from typing import Optional
 
 import numpy as np
+import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
 from clipjax.models.config import VisionConfig
-from clipjax.models.layers import constrain, dense, dtype_of, layer_norm, logical, projection, tower_transformer
+from clipjax.models.layers import (activation, constrain, dense, dtype_of, layer_norm, logical, projection,
+                                   tower_transformer)
 
 
 def _cubic1(x, a):
@@ -66,7 +68,9 @@ class VisionTransformer(nn.Module):
     """Returns dict(tokens=encoder output (B, 1+N, W) before the final norm (after it with
     norm_all_tokens),
     pooled=normed class token (after the pooler if any), embeds=projection of pooled or None,
-    hidden=every layer's output stacked (L, B, 1+N, W) when return_hidden)."""
+    hidden=every layer's output stacked (L, B, 1+N, W) when return_hidden), and, only when
+    called with dense=True, dense_embeds=(B, N, embed_dim): MaskCLIP's per-patch embeddings
+    (`maskclip_patch_embeds`)."""
 
     cfg: VisionConfig
     embed_dim: Optional[int] = None  # None: no projection (a bare ViTModel)
@@ -79,7 +83,7 @@ class VisionTransformer(nn.Module):
     norm_all_tokens: bool = False
 
     @nn.compact
-    def __call__(self, images, return_hidden: bool = False, deterministic: bool = True):
+    def __call__(self, images, return_hidden: bool = False, deterministic: bool = True, dense: bool = False):
         cfg = self.cfg
         dtype, pdtype = dtype_of(self.dtype), dtype_of(self.param_dtype)
         p = cfg.patch_size
@@ -113,8 +117,9 @@ class VisionTransformer(nn.Module):
         if cfg.ln_pre:
             x = layer_norm(cfg.ln_eps, dtype, pdtype, "ln_pre")(x)
 
+        x_in = x
         x, hidden = tower_transformer(self, cfg, norm_first=True, deterministic=deterministic,
-                                      return_hidden=return_hidden)(x)
+                                      return_hidden=return_hidden or dense)(x)
 
         if self.norm_all_tokens:
             x = layer_norm(cfg.ln_eps, dtype, pdtype, "ln_post")(x)
@@ -123,4 +128,42 @@ class VisionTransformer(nn.Module):
             pooled = layer_norm(cfg.ln_eps, dtype, pdtype, "ln_post")(x[:, 0])
         if cfg.pooler:
             pooled = jnp.tanh(dense(d, ("embed", "embed_out"), dtype, pdtype, name="pooler")(pooled))
-        return dict(tokens=x, pooled=pooled, embeds=projection(self, pooled), hidden=hidden)
+        out = dict(tokens=x, pooled=pooled, embeds=projection(self, pooled), hidden=hidden if return_hidden else None)
+        if dense:
+            if self.norm_all_tokens or cfg.pooler or self.embed_dim is None:
+                raise ValueError("dense (MaskCLIP) embeddings need CLIP's layout: ln_post on the class token, "
+                                 "no pooler, a projection")
+            last_in = hidden[-2] if cfg.layers > 1 else x_in  # the last block's input
+            params = nn.unbox(self.variables["params"])
+            last = jax.tree_util.tree_map(lambda a: a[-1], params["transformer"]["layers"])
+            out["dense_embeds"] = maskclip_patch_embeds(last_in[:, 1:], last, params["ln_post"],
+                                                        params["proj"]["kernel"], cfg.act, cfg.ln_eps)
+        return out
+
+
+def _ln(x, p, eps):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) * jax.lax.rsqrt(var + eps) * p["scale"] + p["bias"]
+
+
+def maskclip_patch_embeds(tokens, block, ln_post, proj, act: str, eps: float):
+    """MaskCLIP's dense features (Zhou et al. 2022, "Extract Free Dense Labels from CLIP"; as its
+    code computes them for a ViT): the last block run with its query-key mixing removed, i.e.
+    every token attends only to itself, so the attention output is the value projection followed
+    by the output projection; the block's residual and MLP are kept, then ln_post and the image
+    projection, token by token:
+
+        v = x + out(value(ln1(x)));  v = v + mlp(ln2(v));  dense = ln_post(v) @ proj
+
+    tokens (B, N, W): the last block's input patch tokens; block: that block's parameters
+    (attn/{value,out}, ln1, ln2, mlp/{fc1,fc2}); returns (B, N, embed_dim), float32."""
+    f32 = lambda t: jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), t)
+    x, block, ln_post, proj = f32(tokens), f32(block), f32(ln_post), f32(proj)
+    attn, mlp = block["attn"], block["mlp"]
+    h = _ln(x, block["ln1"], eps)
+    v = jnp.einsum("bnd,dhk->bnhk", h, attn["value"]["kernel"]) + attn["value"]["bias"]
+    x = x + jnp.einsum("bnhk,hkd->bnd", v, attn["out"]["kernel"]) + attn["out"]["bias"]
+    h = _ln(x, block["ln2"], eps) @ mlp["fc1"]["kernel"] + mlp["fc1"]["bias"]
+    x = x + activation(act)(h) @ mlp["fc2"]["kernel"] + mlp["fc2"]["bias"]
+    return _ln(x, ln_post, eps) @ proj
