@@ -5,7 +5,8 @@
 
 Per question type: accuracy, chance (1 / number of candidates), the majority-answer baseline
 (always give the type's most frequent true answer), and the share of each predicted answer (for
-exists, how often CLIP says yes: the negation prompt's weakness shows there).
+exists, how often CLIP says yes: the negation prompt's weakness shows there); also CLIP with
+other wordings of the count and exists prompts (VARIANTS).
 """
 
 from __future__ import annotations
@@ -20,6 +21,15 @@ from collections import Counter, defaultdict
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+# CLIP with other prompt wordings (clipjax.apps.vqa.TEMPLATES keys): the training captions say
+# "three shapes on a ... background: ..." and "a photo of a red star and ..."
+VARIANTS = {
+    "clip[count: '{x} shape{s}.']": {"count": "{x} shape{s}."},
+    "clip[exists: 'a photo of a {x}.' / 'a photo of no {x}.']": {"exists_yes": "a photo of a {x}.",
+                                                                "exists_no": "a photo of no {x}."},
+}
 
 
 def main(argv=None) -> int:
@@ -47,7 +57,7 @@ def main(argv=None) -> int:
     clip = clipjax.load(args.clip)
     t2t = clipjax.load(args.tag2text) if args.tag2text else None
     rng = np.random.default_rng(args.seed)
-    scorers = ["clip"] + (["tag2text_itm"] if t2t else [])
+    scorers = ["clip"] + (["tag2text_itm"] if t2t else []) + list(VARIANTS)
     rows = defaultdict(list)  # (scorer, type) -> [(truth, predicted)]
     bs = args.batch_size
     with progress_bar(len(examples), f"vqa ({args.split})", not args.no_progress) as bar:
@@ -61,6 +71,12 @@ def main(argv=None) -> int:
                     assert q.qtype == qtype, (text, q.qtype)
                     qs.append(q), owner.append(j), truth.append(answer)
             per = {"clip": clip_scores(clip, embeds[owner], qs)}
+            for name, templates in VARIANTS.items():  # other wordings, on the questions they change
+                keep = [k for k, q in enumerate(qs) if any(key.startswith(q.qtype) for key in templates)]
+                vq = [parse(qs[k].text, templates=templates) for k in keep]
+                vs = clip_scores(clip, embeds[[owner[k] for k in keep]], vq)
+                for q, sc, k in zip(vq, vs, keep):
+                    rows[(name, q.qtype)].append((truth[k], q.answers[int(np.argmax(sc))], len(q.answers)))
             if t2t:
                 per["tag2text_itm"] = itm_scores(t2t, [batch[j]["image"] for j in owner], qs)
             for name, scores in per.items():

@@ -28,6 +28,7 @@ def test_parse_types_and_prompts():
     assert q.qtype == "count" and q.prompts == ["a photo of one object.", "a photo of two objects.",
                                                 "a photo of three objects."]
     assert parse("how many shapes can you see?").answers == ["one", "two", "three"]
+    assert parse("how many objects?", templates={"count": "{x} shape{s}."}).prompts[:2] == ["one shape.", "two shapes."]
     # a named type with other wording: the whole question is the subject
     q = parse("the star's hue", qtype="color", answers=["red", "blue"])
     assert q.qtype == "colour" and q.prompts == ["a photo of a red the star's hue.", "a photo of a blue the star's hue."]

@@ -67,7 +67,8 @@ def _clean(text: str) -> str:
     return re.sub(r"\s+", " ", text.strip().lower()).rstrip("?").strip()
 
 
-def parse(question: str, qtype: str | None = None, answers: list[str] | None = None) -> Question:
+def parse(question: str, qtype: str | None = None, answers: list[str] | None = None,
+          templates: dict | None = None) -> Question:
     """A Question with its type, subject, candidate answers and one prompt per answer."""
     q = _clean(question)
     if not q:
@@ -91,7 +92,7 @@ def parse(question: str, qtype: str | None = None, answers: list[str] | None = N
     if t in ("colour", "exists") and not subject:
         raise QuestionError(f"{question!r}: no object named (what should be looked for?)")
     cands = _answers(t, answers)
-    return Question(question, t, subject, cands, [prompt_for(t, subject, a) for a in cands])
+    return Question(question, t, subject, cands, [prompt_for(t, subject, a, templates) for a in cands])
 
 
 def _answers(qtype: str, answers) -> list[str]:
@@ -123,16 +124,24 @@ def count_word(answer: str) -> str:
     raise QuestionError(f"count answer {answer!r} is not a number (0-10 as digits or words)")
 
 
-def prompt_for(qtype: str, subject: str, answer: str) -> str:
+# The prompt of each (type, answer); "{x}" is what the prompt is about: "{answer} {subject}"
+# (colour), "{subject minus generic nouns} {answer}" (shape), the subject (exists), the number
+# word (count); count's "{s}" is the plural "s" (empty for one).
+TEMPLATES = {"colour": "a photo of a {x}.", "shape": "a photo of a {x}.",
+             "exists_yes": "a photo with a {x}.", "exists_no": "a photo with no {x}.",
+             "count": "a photo of {x} object{s}."}
+
+
+def prompt_for(qtype: str, subject: str, answer: str, templates: dict | None = None) -> str:
+    t = {**TEMPLATES, **(templates or {})}
     if qtype == "colour":
-        return f"a photo of a {answer} {subject}."
+        return t["colour"].format(x=f"{answer} {subject}")
     if qtype == "shape":
-        words = [w for w in subject.split() if w not in _GENERIC]
-        return f"a photo of a {' '.join(words + [answer])}."
+        return t["shape"].format(x=" ".join([w for w in subject.split() if w not in _GENERIC] + [answer]))
     if qtype == "exists":
-        return f"a photo with a {subject}." if answer.lower() == "yes" else f"a photo with no {subject}."
+        return t["exists_yes" if answer.lower() == "yes" else "exists_no"].format(x=subject)
     n = count_word(answer)
-    return f"a photo of {n} object{'' if n == 'one' else 's'}."
+    return t["count"].format(x=n, s="" if n == "one" else "s")
 
 
 # ---------------------------------------------------------------------------------- scoring
