@@ -69,7 +69,9 @@ def _print(s):
           f"{s['hbm_s_upper_bound'] * 1e3:.1f} ms (not used)")
     print(f"  ->"
           f" step {s['projected_step_s'] * 1e3:.1f} ms, "
-          f"{s['projected_samples_per_s_per_chip']:.0f} samples/s per chip, MFU {100 * s['projected_mfu']:.1f}%")
+          f"{s['projected_samples_per_s_per_chip']:.0f} samples/s per chip, MFU {100 * s['projected_mfu']:.1f}%"
+          + ("" if f["analytic_model"] else " (of the compiled matmul FLOPs, recompute included: no analytic "
+             "formula for this task)"))
     print("collectives per chip per step:")
     for k, v in s["collectives_per_chip"].items():
         print(f"  {k:19s} {v['count']:7.0f} ops  {v['gib']:.4f} GiB")

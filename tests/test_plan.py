@@ -111,3 +111,26 @@ def test_remat_events_are_read_from_the_partitioner_warnings():
             "gather(%a, %b), metadata={op_name=\"jit(step)/CLIP.encode_text/token_embed\"}. As the last resort")
     ev = remat_events("noise\n" + line + "\n")
     assert len(ev) == 1 and ev[0]["hlo"].startswith("%gather = f32[128,16,32]") and "token_embed" in ev[0]["op_name"]
+
+
+@needs_compiler
+def test_plan_compiles_clipseg_and_ram_over_a_clip_not_trained_yet(tmp_path):
+    # both tasks build on a pretrained CLIP; a plan reads only its architecture, here from the
+    # CLIP training config (no checkpoint exists); the two compiles run side by side
+    jobs = {}
+    for name, extra in (("clipseg", ["--config.init_from=configs/clip_shapes.py"]),
+                        ("ram", ["--config.ram.clip=configs/clip_shapes.py"])):
+        out = tmp_path / f"{name}.json"
+        jobs[name] = (out, subprocess.Popen(
+            [sys.executable, "plan.py", "--config", f"configs/{name}_shapes.py", "--topology", "v5e:2x2",
+             "--json", str(out), *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for name, (out, p) in jobs.items():
+        stdout, stderr = p.communicate(timeout=600)
+        assert p.returncode == 0, stderr[-2000:]
+        plan = json.loads(out.read_text())
+        assert plan["fits"] and plan["chips"] == 4 and plan["remat_events"] == []
+        assert plan["flops_source"].startswith("compiled HLO") and plan["flops_per_step"] > 0
+        assert "no analytic formula" in stdout
+    seg = json.loads(jobs["clipseg"][0].read_text())
+    ram = json.loads(jobs["ram"][0].read_text())
+    assert seg["params"] > 3e6 and ram["params"] > 1e6  # the CLIP under CLIPSeg counts; RAM's CLIP is a teacher

@@ -52,17 +52,11 @@ def _bytes_per_device(tree) -> int:
 
 def batch_specs(task, config, mesh, rules):
     """The step's *batch as sharded ShapeDtypeStructs: what the task's data stream yields
-    (global arrays, leading axis over the batch mesh axes)."""
-    b = int(config.batch_size)
-    if task.name == "clip":
-        s = task.cfg.vision.image_size
-        shapes = [((b, s, s, 3), jnp.float32), ((b, task.cfg.text.context_length), jnp.int32)]
-    else:
-        raise NotImplementedError(
-            f"plan.py knows the batch of task 'clip' (CLIP, SigLIP, LiT); task {task.name!r}'s batch layout "
-            "is not described yet (clipjax/planning/compile_step.batch_specs)")
+    (`Task.batch_spec`: global arrays, leading axis over the batch mesh axes)."""
+    if task.batch_spec is None:
+        raise NotImplementedError(f"task {task.name!r} does not state its batch layout (Task.batch_spec)")
     return tuple(jax.ShapeDtypeStruct(shape, dt, sharding=shd.batch_sharding(mesh, len(shape), rules))
-                 for shape, dt in shapes)
+                 for shape, dt in task.batch_spec(int(config.batch_size)))
 
 
 def optimizer_state(tx, params, rep):
@@ -124,7 +118,7 @@ def compile_step(request: dict) -> dict:
                          f"of the mesh {dict(mesh.shape)}")
     module = task_module(config)
     with tempfile.TemporaryDirectory() as workdir:
-        task = module.make_task(config, mesh, rules, workdir)
+        task = module.make_task(config, mesh, rules, workdir, abstract=True)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         state, tx = abstract_state(task, config, mesh, rules, request.get("opt_state_sharding", "params"))
         batch = batch_specs(task, config, mesh, rules)

@@ -149,6 +149,9 @@ def summarise(r: dict, headroom: float, batch_size: int) -> dict:
         "total_per_chip_gib": round(total, 3),
         "fits": total <= limit,
         "flops_per_step": model_flops,
+        # the analytic formula covers CLIP's towers; other tasks (CLIPSeg, Tag2Text, RAM) count
+        # the compiled matmuls, recompute included, so their MFU is a hardware-FLOPs utilisation
+        "flops_source": "analytic model FLOPs" if a.get("model_flops") else "compiled HLO matmuls (recompute included)",
         "flops": {
             "analytic_model": a.get("model_flops"),
             "analytic_hardware": a.get("hardware_flops"),

@@ -8,6 +8,7 @@ or retrieval on captioned data (clipjax.evaluation.periodic).
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from clipjax.data.pipeline import make_train_data
@@ -88,7 +89,8 @@ def _train_data(config, cfg, mesh, rules, position: int, data_state=None):
     return make_train_data(config, cfg, mesh, rules, position)
 
 
-def make_task(config, mesh, rules, workdir=None) -> Task:
+def make_task(config, mesh, rules, workdir=None, abstract: bool = False) -> Task:
+    """`abstract`: for plan.py (shapes only; nothing here reads weights either way)."""
     cfg = model_config(config)
     model = CLIP(cfg)
     vg = make_value_and_grad(model, config.loss, config.get("loss_impl", "global"),
@@ -99,4 +101,10 @@ def make_task(config, mesh, rules, workdir=None) -> Task:
     return Task("clip", model, cfg, init_inputs(cfg), vg,
                 make_data=lambda position, data_state=None: _train_data(config, cfg, mesh, rules, position, data_state),
                 make_evaluator=lambda: make_periodic_evaluator(config, cfg, mesh, rules),
-                post_init=post_init)
+                post_init=post_init, batch_spec=lambda b: batch_spec(cfg, b))
+
+
+def batch_spec(cfg: CLIPConfig, b: int) -> tuple:
+    """(images (B,S,S,3) float32 CLIP-normalised, token ids (B,L) int32): both streams' batches."""
+    s = cfg.vision.image_size
+    return (((b, s, s, 3), jnp.float32), ((b, cfg.text.context_length), jnp.int32))

@@ -23,14 +23,18 @@ from clipjax.data.segmentation_adapter import adapter_from_config
 from clipjax.evaluation.segmentation import ReferringSegmentation
 from clipjax.models.clipseg import CLIPSeg, CLIPSegConfig, init_inputs
 from clipjax.tasks.base import Task
-from clipjax.tasks.pretrained import load_subtree
+from clipjax.tasks.pretrained import clip_architecture, load_subtree
 from clipjax.tokenizer import make_text_tokenizer
 
 
-def clipseg_config(config):
-    if not config.get("init_from"):
+def clipseg_config(config, abstract: bool = False):
+    """`abstract` (plan.py): the CLIP's architecture only (clipjax.tasks.pretrained.clip_architecture)."""
+    if abstract:
+        clip_cfg = clip_architecture(config.get("init_from") or "", "init_from")
+    elif not config.get("init_from"):
         raise ValueError("task clipseg needs config.init_from: the pretrained CLIP to segment with")
-    clip_cfg, _ = read_any(config.init_from)
+    else:
+        clip_cfg, _ = read_any(config.init_from)
     c = dict(config.get("clipseg", None) or {})
     if "extract_layers" in c:
         c["extract_layers"] = tuple(int(i) for i in c["extract_layers"])
@@ -39,8 +43,8 @@ def clipseg_config(config):
     return cfg
 
 
-def make_task(config, mesh, rules, workdir=None) -> Task:
-    cfg = clipseg_config(config)
+def make_task(config, mesh, rules, workdir=None, abstract: bool = False) -> Task:
+    cfg = clipseg_config(config, abstract)
     model = CLIPSeg(cfg)
     freeze = list(config.optimizer.get("freeze", []) or [])
     if "^clip/" not in freeze:
@@ -59,7 +63,15 @@ def make_task(config, mesh, rules, workdir=None) -> Task:
                                                          rules, position),
         make_evaluator=lambda: make_segmentation_evaluator(config, cfg, mesh, rules),
         post_init=lambda variables: load_subtree(variables, config.init_from, "clip",
-                                                 f"init_from {config.init_from}: its CLIP under the CLIPSeg model"))
+                                                 f"init_from {config.init_from}: its CLIP under the CLIPSeg model"),
+        batch_spec=lambda b: batch_spec(cfg, b))
+
+
+def batch_spec(cfg: CLIPSegConfig, b: int) -> tuple:
+    """SegmentationTrainData's batch: images, phrase ids, masks, visual prompts, mixing alpha."""
+    s = cfg.image_size
+    return (((b, s, s, 3), jnp.float32), ((b, cfg.clip.text.context_length), jnp.int32), ((b, s, s), jnp.float32),
+            ((b, s, s, 3), jnp.float32), ((b,), jnp.float32))
 
 
 def make_segmentation_evaluator(config, cfg, mesh, rules):

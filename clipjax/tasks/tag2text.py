@@ -47,7 +47,7 @@ from clipjax.models.config import TextConfig
 from clipjax.models.tag2text import Tag2Text, Tag2TextConfig, init_inputs, tie_tag_encoder
 from clipjax.models.tagging import TaggingConfig, load_tag_list
 from clipjax.tasks.base import Task
-from clipjax.tasks.pretrained import load_pretrained_parts
+from clipjax.tasks.pretrained import clip_architecture, load_pretrained_parts
 from clipjax.tasks.ram_teacher import ClipTeacher, ram_label_embeddings, read_clip
 from clipjax.tokenizer import TagTextTokenizer
 
@@ -116,21 +116,27 @@ def set_label_embeddings(variables, embeddings):
     return {**variables, "constants": {**variables["constants"], "tagging_head": {**consts, "label_embed": new}}}
 
 
-def make_task(config, mesh, rules, workdir=None) -> Task:
+def make_task(config, mesh, rules, workdir=None, abstract: bool = False) -> Task:
+    """`abstract` (plan.py): RAM's CLIP is its architecture only — no label queries computed and
+    no teacher (the batch_spec still has the teacher's embeddings)."""
     vocab, tags = _assets(config, workdir)
     m = config.model
     tok = TagTextTokenizer(vocab, m.get("prompt", "a picture of "), int(m.get("tag_max_length", 40)),
                            int(m.get("caption_max_length", 40)))
     ram = (m.get("variant", "tag2text") or "tag2text") == "ram"
     teacher = post_init = None
-    if ram:  # CLIP label queries (frozen constants) and the CLIP image teacher
+    clip_dim = None
+    if ram and abstract:
+        clip_dim = clip_architecture((config.get("ram", None) or {}).get("clip", ""), "ram.clip").embed_dim
+    elif ram:  # CLIP label queries (frozen constants) and the CLIP image teacher
         clip_cfg, clip_vars = read_clip((config.get("ram", None) or {}).get("clip", ""))
         label_embed = ram_label_embeddings(tags, clip_cfg, clip_vars)
         teacher = ClipTeacher(clip_cfg, clip_vars, mesh, rules)
         post_init = lambda variables: set_label_embeddings(variables, label_embed)  # noqa: E731
+        clip_dim = teacher.embed_dim
     elif config.get("init_from"):
         post_init = lambda v: load_pretrained_parts(v, config.init_from, config.get("init_parts") or None)  # noqa: E731
-    cfg = tag2text_config(config, tok, len(tags), teacher.embed_dim if teacher else None)
+    cfg = tag2text_config(config, tok, len(tags), clip_dim)
     if not cfg.captioning:
         raise ValueError("train.py trains Tag2Text and RAM with their caption decoder (RAM++ is not trained here)")
     model = Tag2Text(cfg, dropout_rate=float(config.get("dropout", 0.0) or 0.0))
@@ -163,7 +169,17 @@ def make_task(config, mesh, rules, workdir=None) -> Task:
         make_data=lambda position: TaggingTrainData(config.data, config.batch_size, cfg.image_size, tok, tags, mesh,
                                                     rules, position, with_text=align, teacher=teacher),
         make_evaluator=lambda: make_tagging_evaluator(config, cfg, model, tags, mesh, rules),
-        post_init=post_init)
+        post_init=post_init, batch_spec=lambda b: batch_spec(cfg, tok, b, align, clip_dim if ram else None))
+
+
+def batch_spec(cfg, tok: TagTextTokenizer, b: int, align: bool, clip_dim: int | None) -> tuple:
+    """TaggingTrainData's batch: images, multi-hot tags, tag ids, caption ids, [text ids (ITC/ITM)],
+    [the CLIP teacher's image embeddings (RAM)]."""
+    s, ids = cfg.image_size, lambda n: ((b, n), np.int32)
+    spec = (((b, s, s, 3), np.float32), ((b, cfg.tagging.num_tags), np.float32), ids(tok.tag_max_length),
+            ids(tok.caption_max_length))
+    spec += (ids(tok.caption_max_length),) if align else ()
+    return spec + ((((b, clip_dim), np.float32),) if clip_dim else ())
 
 
 def make_tagging_evaluator(config, cfg, model, tag_names, mesh, rules):
