@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     t2t = clipjax.load(args.tag2text) if args.tag2text else None
     rng = np.random.default_rng(args.seed)
     scorers = ["clip"] + (["tag2text_itm"] if t2t else []) + list(VARIANTS)
+    cache = {}  # prompt -> CLIP text embedding
     rows = defaultdict(list)  # (scorer, type) -> [(truth, predicted)]
     bs = args.batch_size
     with progress_bar(len(examples), f"vqa ({args.split})", not args.no_progress) as bar:
@@ -70,11 +71,11 @@ def main(argv=None) -> int:
                     q = parse(text)
                     assert q.qtype == qtype, (text, q.qtype)
                     qs.append(q), owner.append(j), truth.append(answer)
-            per = {"clip": clip_scores(clip, embeds[owner], qs)}
+            per = {"clip": clip_scores(clip, embeds[owner], qs, cache)}
             for name, templates in VARIANTS.items():  # other wordings, on the questions they change
                 keep = [k for k, q in enumerate(qs) if any(key.startswith(q.qtype) for key in templates)]
                 vq = [parse(qs[k].text, templates=templates) for k in keep]
-                vs = clip_scores(clip, embeds[[owner[k] for k in keep]], vq)
+                vs = clip_scores(clip, embeds[[owner[k] for k in keep]], vq, cache)
                 for q, sc, k in zip(vq, vs, keep):
                     rows[(name, q.qtype)].append((truth[k], q.answers[int(np.argmax(sc))], len(q.answers)))
             if t2t:

@@ -145,15 +145,17 @@ def prompt_for(qtype: str, subject: str, answer: str, templates: dict | None = N
 
 
 # ---------------------------------------------------------------------------------- scoring
-def clip_scores(clip, image_embeds: np.ndarray, questions: list[Question]) -> list[np.ndarray]:
+def clip_scores(clip, image_embeds: np.ndarray, questions: list[Question], cache: dict | None = None) -> list[np.ndarray]:
     """Per question, CLIP's softmax over its candidates' prompts (image_embeds (B, D) normalised,
-    one row per question)."""
-    prompts = sorted({p for q in questions for p in q.prompts})
-    index = {p: i for i, p in enumerate(prompts)}
-    text = clip.encode_text(prompts)
+    one row per question). `cache` (prompt -> embedding), when given, is read and filled, so a
+    benchmark encodes each distinct prompt once."""
+    cache = {} if cache is None else cache
+    new = sorted({p for q in questions for p in q.prompts} - set(cache))
+    if new:
+        cache.update(zip(new, clip.encode_text(new)))
     out = []
     for img, q in zip(image_embeds, questions):
-        logits = clip.logit_scale * (text[[index[p] for p in q.prompts]] @ img)
+        logits = clip.logit_scale * (np.stack([cache[p] for p in q.prompts]) @ img)
         e = np.exp(logits - logits.max())
         out.append(e / e.sum())
     return out
