@@ -27,6 +27,21 @@ first --overlays predictions are written beside --output as JSON lines. On a col
 row is an image with its caption as the reference and its tags matched to the model's tag list
 (names not in the list are counted as `unknown_tags` in the settings).
 
+Robustness (--corruption KIND:LEVELS, zero-shot): each image is blurred / downscaled /
+JPEG-compressed / noised at each level before preprocessing (clipjax.apps.corruption), and
+top-1 is reported per level for the dataset's templates and for those plus CLIP's prompts for
+degraded photos ("a blurry photo of a {}.", ...); a robustness-curve PNG goes beside --output.
+
+    python evaluate.py --checkpoint PATH --task zeroshot --dataset fashion_mnist --corruption blur:0,1,2,4,8 --output blur.json
+
+WiSE-FT (--wise-ft ZS,FT, a CLIP and its fine-tuned run of train.py's finetune task,
+configs/finetune_fashion_mnist.py): the weights (1 - α) θ_zs + α θ_ft at each --alpha, each
+scored as a classifier (the zero-shot end's head is its text classifier of the dataset's
+prompts), on the split clean and, with --corruption, at each level; best α (clean top-1) and a
+top-1-against-α PNG beside --output.
+
+    python evaluate.py --wise-ft ZS,FT --alpha 0,0.25,0.5,0.75,1 --dataset fashion_mnist --corruption blur:0,2 --output wise.json
+
 Output: a table on stdout; with --output, JSON (every metric at the top level, plus
 "settings") and, for classification, a confusion-matrix PNG beside it.
 """
@@ -42,6 +57,7 @@ import time
 
 import clipjax
 from clipjax import sharding as shd, storage
+from clipjax.apps import corruption, wise_ft
 from clipjax.data.catalog import DatasetNotPreparedError, DownloadNotAllowedError
 from clipjax.data.collection import ImageTextCollection
 from clipjax.data.images import NoUsableExamplesError
@@ -53,6 +69,7 @@ from clipjax.evaluation.linear_probe import linear_probe_on_dataset
 from clipjax.evaluation.retrieval import retrieval_on_dataset
 from clipjax.evaluation.segmentation import segmentation_of_examples
 from clipjax.evaluation.tagging import tagging_on_dataset
+from clipjax.evaluation.templates import zeroshot_prompts
 from clipjax.evaluation.zeroshot import zeroshot_on_dataset
 
 TASKS = ("zeroshot", "retrieval", "linear_probe", "segmentation", "tagging", "captioning")
@@ -118,7 +135,12 @@ def clip_task(args, clip) -> tuple[dict, dict]:
     mesh, variables = replicate_on_local_devices(clip.variables)
     enc = CLIPEncoders(clip.cfg, mesh, shd.DEFAULT_RULES, args.batch_size, clip.tokenize)
     progress = not args.no_progress
-    if args.task == "zeroshot":
+    if args.task == "zeroshot" and args.corruption:
+        classnames, templates = zeroshot_prompts(args.dataset, source, args.classnames, args.templates)
+        kind, levels = corruption.parse_corruption(args.corruption)
+        metrics, extra = corruption.zeroshot_under_corruption(enc, variables, source, args.split, args.examples,
+                                                              classnames, templates, kind, levels, progress)
+    elif args.task == "zeroshot":
         # the classifier cache lives beside a local --output only
         local_out = args.output and not storage.is_remote(args.output)
         cache_dir = os.path.dirname(os.path.abspath(args.output)) if local_out else None
@@ -134,10 +156,51 @@ def clip_task(args, clip) -> tuple[dict, dict]:
     return metrics, extra
 
 
+def check_args(args) -> None:
+    """What is wrong with the flags' combination, before any model is loaded."""
+    if args.corruption:
+        corruption.parse_corruption(args.corruption)  # a bad spec: one line, now
+        if args.task != "zeroshot":
+            raise EvalError("--corruption is measured with --task zeroshot")
+    if args.wise_ft:
+        if args.checkpoint:
+            raise EvalError("--wise-ft ZS,FT names both checkpoints: drop --checkpoint")
+        if args.task != "zeroshot" or len([p for p in args.wise_ft.split(",") if p.strip()]) != 2:
+            raise EvalError("--wise-ft takes two checkpoints, ZS,FT (the zero-shot CLIP and its fine-tuned run), "
+                            "with --task zeroshot")
+        wise_ft.parse_alphas(args.alpha)
+    elif not args.checkpoint:
+        raise EvalError("give --checkpoint (or --wise-ft ZS,FT)")
+
+
+def wise_ft_task(args) -> tuple[dict, dict]:
+    """evaluate.py --wise-ft ZS,FT: the interpolated classifiers at each --alpha."""
+    zs_path, ft_path = (p.strip() for p in args.wise_ft.split(","))
+    zs, ft = clipjax.load(zs_path), clipjax.load(ft_path)
+    for path, m in ((zs_path, zs), (ft_path, ft)):
+        if not hasattr(m, "encode_text"):
+            raise EvalError(f"--wise-ft: {path} is not a CLIP model")
+    wise_ft.check_pair(zs, ft)  # before any encoder is compiled
+    source = open_source(args)
+    classnames, templates = zeroshot_prompts(args.dataset, source, args.classnames, args.templates)
+    mesh, zs_placed = replicate_on_local_devices(zs.variables)
+    enc = CLIPEncoders(zs.cfg, mesh, shd.DEFAULT_RULES, args.batch_size, zs.tokenize)
+    head = wise_ft.zeroshot_head(enc.bind(zs_placed)[1], zs.variables["params"]["logit_scale"], classnames, templates)
+    zs_vars, ft_vars = wise_ft.endpoints(zs, ft, head)
+    kind, levels = corruption.parse_corruption(args.corruption) if args.corruption else ("", [0])
+    if kind and 0 not in levels:
+        levels = [0] + levels  # in distribution is always measured
+    metrics, extra = wise_ft.wise_ft_curves(enc, lambda tree: replicate_on_local_devices(tree)[1], zs_vars, ft_vars,
+                                            wise_ft.parse_alphas(args.alpha), source, args.split, args.examples, kind,
+                                            levels, not args.no_progress)
+    return metrics, extra | dict(classnames=classnames, templates=templates, devices=int(mesh.devices.size))
+
+
 def write_outputs(args, metrics: dict, extra: dict, seconds: float) -> None:
     """The table; with --output the JSON, overlays and caption samples beside it; the confusion
     matrix of a classification at --confusion or beside --output."""
     overlays, samples, confusion = (extra.pop(k, None) for k in ("overlays", "samples", "confusion"))
+    curve_title = extra.pop("curve_title", "")
     settings = vars(args) | extra | {"seconds": round(seconds, 1)}
     if "classnames" in settings:
         settings["num_classes"] = len(settings["classnames"])
@@ -147,6 +210,12 @@ def write_outputs(args, metrics: dict, extra: dict, seconds: float) -> None:
             report.overlay_pngs(overlays, base)
         if samples is not None:
             report.write_samples(samples[:args.overlays], base + "_samples.jsonl")
+        if "wise_ft_alphas" in metrics:
+            wise_ft.wise_ft_png(metrics, base + "_wise_ft.png")
+            print(f"WiSE-FT curve: {base}_wise_ft.png")
+        elif "corruption" in metrics:  # the robustness curve
+            corruption.curve_png(metrics, base + "_robustness.png", curve_title)
+            print(f"robustness curve: {base}_robustness.png")
     report.print_table(metrics)
     counts = data_counts()
     if counts:  # a collection: bad rows are skipped, never silently
@@ -164,7 +233,7 @@ def write_outputs(args, metrics: dict, extra: dict, seconds: float) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", default="", help="the model (required unless --wise-ft)")
     p.add_argument("--task", default="zeroshot", choices=TASKS)
     p.add_argument("--dataset", default="clipjax_shapes")
     p.add_argument("--split", default="test")
@@ -189,6 +258,13 @@ def main(argv=None) -> int:
                    help="segmentation on a dataset without clipjax_shapes' objects: JSON (or a JSON file) of "
                         "clipjax.data.segmentation_adapter fields, e.g. '{\"mask_key\": \"segmentation_mask\", "
                         "\"foreground\": [1], \"label_key\": \"label\"}'")
+    p.add_argument("--corruption", default="",
+                   help="zero-shot under a corruption, KIND:LEVEL,LEVEL,... with KIND blur (radius), downscale "
+                        "(factor), jpeg (100 - quality) or noise (sigma of 0..255); level 0 is the clean image, "
+                        "e.g. blur:0,1,2,4,8")
+    p.add_argument("--wise-ft", default="", metavar="ZS,FT",
+                   help="WiSE-FT: a zero-shot CLIP and its fine-tuned run (train.py task finetune), interpolated")
+    p.add_argument("--alpha", default="0,0.25,0.5,0.75,1", help="WiSE-FT: the interpolation weights of FT, in [0, 1]")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
@@ -197,9 +273,13 @@ def main(argv=None) -> int:
     if args.output and not storage.is_remote(args.output):
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     try:
-        model = clipjax.load(args.checkpoint)
-        task = {"tagging": tag2text_task, "captioning": tag2text_task, "segmentation": segmentation_task}
-        metrics, extra = task.get(args.task, clip_task)(args, model)
+        check_args(args)
+        if args.wise_ft:
+            metrics, extra = wise_ft_task(args)
+        else:
+            model = clipjax.load(args.checkpoint)
+            task = {"tagging": tag2text_task, "captioning": tag2text_task, "segmentation": segmentation_task}
+            metrics, extra = task.get(args.task, clip_task)(args, model)
     except (clipjax.CheckpointError, EvalError, ValueError, DatasetNotPreparedError, DownloadNotAllowedError,
             NoUsableExamplesError, FileNotFoundError, json.JSONDecodeError, storage.StorageError) as e:
         print(f"evaluate.py: error: {e}", file=sys.stderr)

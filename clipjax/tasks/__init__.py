@@ -12,7 +12,7 @@ import importlib
 from clipjax.errors import ConfigError
 from clipjax.train import loop
 
-TASKS = ("clip", "clipseg", "tag2text")
+TASKS = ("clip", "clipseg", "tag2text", "finetune")
 
 
 def task_module(config):
