@@ -27,10 +27,11 @@ first --overlays predictions are written beside --output as JSON lines. On a col
 row is an image with its caption as the reference and its tags matched to the model's tag list
 (names not in the list are counted as `unknown_tags` in the settings).
 
-Robustness (--corruption KIND:LEVELS, zero-shot): each image is blurred / downscaled /
+Robustness (--corruption KIND:LEVELS, zero-shot or linear probe): each image is blurred / downscaled /
 JPEG-compressed / noised at each level before preprocessing (clipjax.apps.corruption), and
 top-1 is reported per level for the dataset's templates and for those plus CLIP's prompts for
-degraded photos ("a blurry photo of a {}.", ...); a robustness-curve PNG goes beside --output.
+degraded photos ("a blurry photo of a {}.", ...), or for the linear probe fitted on clean
+features; a robustness-curve PNG goes beside --output.
 
     python evaluate.py --checkpoint PATH --task zeroshot --dataset fashion_mnist --corruption blur:0,1,2,4,8 --output blur.json
 
@@ -140,6 +141,11 @@ def clip_task(args, clip) -> tuple[dict, dict]:
         kind, levels = corruption.parse_corruption(args.corruption)
         metrics, extra = corruption.zeroshot_under_corruption(enc, variables, source, args.split, args.examples,
                                                               classnames, templates, kind, levels, progress)
+    elif args.task == "linear_probe" and args.corruption:
+        kind, levels = corruption.parse_corruption(args.corruption)
+        metrics, extra = corruption.linear_probe_under_corruption(
+            enc, variables, source, args.train_split, args.val_split, args.split, args.examples, args.probe_examples,
+            kind, levels, progress)
     elif args.task == "zeroshot":
         # the classifier cache lives beside a local --output only
         local_out = args.output and not storage.is_remote(args.output)
@@ -160,8 +166,8 @@ def check_args(args) -> None:
     """What is wrong with the flags' combination, before any model is loaded."""
     if args.corruption:
         corruption.parse_corruption(args.corruption)  # a bad spec: one line, now
-        if args.task != "zeroshot":
-            raise EvalError("--corruption is measured with --task zeroshot")
+        if args.task not in ("zeroshot", "linear_probe"):
+            raise EvalError("--corruption is measured with --task zeroshot or linear_probe")
     if args.wise_ft:
         if args.checkpoint:
             raise EvalError("--wise-ft ZS,FT names both checkpoints: drop --checkpoint")

@@ -53,3 +53,35 @@ def test_robustness_curve_and_png(tmp_path):
     assert m["top1/blur=4/a"] == 0.5
     curve_png(m, str(tmp_path / "c.png"))
     assert os.path.getsize(tmp_path / "c.png") > 1000
+
+
+class _ColourEncoders:
+    """Encoders without a model: an image's feature is its mean colour, a text's a fixed
+    random vector; enough to run the corruption runners on a real (tiny) dataset quickly."""
+
+    batch, image_size = 16, 32
+
+    def bind(self, variables):
+        rng = np.random.default_rng(0)
+        table = {}
+
+        def texts(ts):
+            return np.stack([table.setdefault(t, rng.normal(size=3)) for t in ts])
+
+        return (lambda pixels: np.asarray(pixels).mean(axis=(1, 2)), texts)
+
+
+def test_runners_on_a_dataset():
+    from clipjax.apps.corruption import linear_probe_under_corruption, zeroshot_under_corruption
+    from clipjax.evaluation.datasets import tfds_builder
+    from clipjax.evaluation.templates import zeroshot_prompts
+
+    builder = tfds_builder("clipjax_shapes", None, dict(image_size=32, num_train=48, num_validation=24, num_test=32))
+    names, templates = zeroshot_prompts("clipjax_shapes", builder)
+    m, extra = zeroshot_under_corruption(_ColourEncoders(), None, builder, "test", 0, names, templates, "noise",
+                                         [0, 64])
+    assert m["levels"] == [0, 64] and extra["examples_used"] == 32 and len(m["top1"]["dataset+degraded"]) == 2
+    m, extra = linear_probe_under_corruption(_ColourEncoders(), None, builder, "train", "", "test", 0, 0, "blur", [0, 2])
+    # colour is what the probe reads: a blur keeps the mean colour, so the probe barely moves
+    assert extra["validation_split"] == "validation" and 0 <= m["top1"]["linear_probe"][0] <= 1
+    assert abs(m["top1"]["linear_probe"][1] - m["top1"]["linear_probe"][0]) <= 0.1

@@ -24,6 +24,7 @@ from PIL import Image, ImageFilter
 
 from clipjax.evaluation.datasets import labelled_batches, split_size
 from clipjax.evaluation.encode import labelled_features
+from clipjax.evaluation.linear_probe import linear_probe
 from clipjax.evaluation.progress import progress_bar
 from clipjax.evaluation.templates import imagenet_templates
 from clipjax.evaluation.zeroshot import classification_metrics, text_classifier
@@ -162,6 +163,48 @@ def zeroshot_under_corruption(encoders, variables, builder, split: str, examples
         lambda level: corrupted_features(encode_pixels, preprocess, images, kind, level, encoders.batch, progress),
         classifiers, labels, kind, levels)
     return metrics, dict(classnames=list(classnames), template_sets=sets, examples_used=len(labels))
+
+
+def linear_probe_under_corruption(encoders, variables, builder, train_split: str, val_split: str, split: str,
+                                  examples: int, probe_examples: int, kind: str, levels,
+                                  progress: bool = False) -> tuple[dict, dict]:
+    """evaluate.py --task linear_probe --corruption: the probe of evaluation.linear_probe (C
+    swept on validation, refit on train + validation) fitted once on clean features, then
+    scored on `split` corrupted at each level: what a classifier trained on clean images keeps
+    under the shift. Metrics as robustness_curve's, with one classifier, "linear_probe"."""
+    from sklearn.linear_model import LogisticRegression
+
+    encode_pixels, _ = encoders.bind(variables)
+    preprocess = lambda chunk: preprocess_images(chunk, encoders.image_size)  # noqa: E731
+
+    def clean_features(name):
+        imgs, y = load_split(builder, name, probe_examples, encoders.batch, progress)
+        return corrupted_features(encode_pixels, preprocess, imgs, kind, 0, encoders.batch, progress), y
+
+    train_x, train_y = clean_features(train_split)
+    val_split = val_split or ("validation" if "validation" in builder.info.splits else "")
+    if val_split:
+        val_x, val_y = clean_features(val_split)
+    else:  # the last 20% of the training features, as linear_probe_on_dataset does
+        k = int(len(train_x) * 0.8)
+        train_x, val_x, train_y, val_y = train_x[:k], train_x[k:], train_y[:k], train_y[k:]
+    images, labels = load_split(builder, split, examples, encoders.batch, progress)
+    test = {level: corrupted_features(encode_pixels, preprocess, images, kind, level, encoders.batch, progress)
+            for level in levels}
+    # the C sweep, on clean data as the probe is chosen without knowing the shift
+    best = linear_probe(train_x, train_y, val_x, val_y, test[levels[0]], labels)["best_C"]
+    clf = LogisticRegression(C=best, max_iter=1000).fit(np.concatenate([train_x, val_x]), np.concatenate([train_y, val_y]))
+    k = int(max(train_y.max(), val_y.max(), labels.max())) + 1
+    weights = np.zeros((k, train_x.shape[1]), np.float32)
+    bias = np.zeros(k, np.float32)
+    if len(clf.classes_) == 2:  # one row: the second class's score against the first's
+        weights[clf.classes_[1]], bias[clf.classes_[1]] = clf.coef_[0], clf.intercept_[0]
+    else:  # multinomial: one row per class
+        weights[clf.classes_], bias[clf.classes_] = clf.coef_, clf.intercept_
+    metrics = robustness_curve(lambda level: np.concatenate([test[level], np.ones((len(labels), 1))], 1),
+                               {"linear_probe": np.concatenate([weights, bias[:, None]], 1)}, labels, kind, levels)
+    return metrics, dict(best_C=best, train_examples=len(train_x), validation_examples=len(val_x),
+                         validation_split=val_split or f"last 20% of {train_split}", examples_used=len(labels))
 
 
 def curve_png(metrics: dict, path: str, title: str = "") -> None:
