@@ -147,6 +147,20 @@ def test_load_evaluate_and_convert_from_object_storage(gcs, reference, tmp_path)
     a, b = flatten_variables(model.variables), flatten_variables(back.variables)
     assert a.keys() == b.keys() and all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)
 
+    # a pretrained CLIP on gs:// under another run: LiT's locked tower (config.init_from), RAM's
+    # teacher (config.ram.clip) and a plan's architecture read it as they read a local one
+    import jax
+
+    from clipjax.tasks.pretrained import clip_architecture, load_pretrained_parts
+    from clipjax.tasks.ram_teacher import read_clip
+
+    assert clip_architecture(reference, "init_from") == model.cfg
+    assert read_clip(reference)[0] == model.cfg
+    fresh = jax.tree_util.tree_map(lambda x: x * 0, model.variables)
+    locked = flatten_variables(load_pretrained_parts(fresh, reference, ["visual"]))
+    assert all(np.array_equal(np.asarray(locked[k]), np.asarray(a[k])) == ("/visual/" in f"/{k}/")
+               for k in a if np.any(np.asarray(a[k]) != 0))
+
     # zero-shot on the shards' own captions, the JSON report written to gs://
     classes = tmp_path / "classes.txt"
     classes.write_text("\n".join(f"{c} {s}" for c in COLORS for s in SHAPES) + "\n")
