@@ -6,7 +6,9 @@ for its referring phrase ("the small red circle on the left") inside the object'
 
 Heatmaps: MaskCLIP from the CLIP (clipjax/apps/localisation.py), the CLIPSeg mask, and, as an
 ablation, the CLIP's final patch tokens taken as they are (ln_post + projection, the query-key
-attention kept), which MaskCLIP argues carry little location. Baselines: a uniformly random
+attention kept), which MaskCLIP argues carry little location; for both, the argmin's hit rate and
+how often the map's mean on the object exceeds its mean off it (an inverted map -- objects below
+the background, CLIP Surgery's "opposite visualization" -- shows there). Baselines: a uniformly random
 point (expected hit rate = the mask's share of the image) and the image centre. Reported overall
 and for images with 2-3 objects, where the phrase must pick one object among several.
 """
@@ -83,7 +85,9 @@ def main(argv=None) -> int:
     if clip:
         unique = sorted({o["phrase"] for e in examples for o in e["objects"]})
         phrase_embed = dict(zip(unique, clip.encode_text(unique)))
-    hits = {k: [] for k in (["maskclip", "final_tokens"] if clip else []) + (["clipseg"] if seg else [])}
+    hits = {k: [] for k in (["maskclip", "final_tokens", "maskclip_argmin", "final_tokens_argmin"] if clip else [])
+            + (["clipseg"] if seg else [])}
+    above = {"maskclip": [], "final_tokens": []}  # per object: mean of the map on the object > off it
     hits.update(random=[], center=[])
     multi = []  # per object: its image has 2-3 objects
     bs = args.batch_size
@@ -99,8 +103,11 @@ def main(argv=None) -> int:
                 for name, dense in (("maskclip", patch_embeds(clip, pixels)), ("final_tokens", final_token_embeds(clip, pixels))):
                     for (j, o), t in zip(objs, text):
                         h, w = o["mask"].shape
-                        grid = maskclip_grid(dense[j], t[None])[0]
-                        hits[name].append(pointing_hit(resize_logits(grid, h, w), o["mask"]))
+                        heat = resize_logits(maskclip_grid(dense[j], t[None])[0], h, w)
+                        hits[name].append(pointing_hit(heat, o["mask"]))
+                        # diagnostics: is the map inverted (objects below background)?
+                        hits[f"{name}_argmin"].append(pointing_hit(-heat, o["mask"]))
+                        above[name].append(bool(heat[o["mask"]].mean() > heat[~o["mask"]].mean()))
             if seg:
                 logits = _segment_fixed(seg, [images[j] for j, _ in objs], phrases, bs)
                 for (j, o), lg in zip(objs, logits):
@@ -115,6 +122,7 @@ def main(argv=None) -> int:
     res = dict(split=args.split, images=len(examples), objects=int(len(multi)), objects_in_multi_object_images=int(multi.sum()),
                pointing_accuracy={k: float(np.mean(v)) for k, v in hits.items()},
                pointing_accuracy_multi_object={k: float(np.mean(np.asarray(v)[multi])) for k, v in hits.items()},
+               object_mean_above_background={k: float(np.mean(v)) for k, v in above.items() if v},
                checkpoints=dict(clip=args.clip, clipseg=args.clipseg), seconds=round(time.time() - t0, 1))
     print(json.dumps(res, indent=2))
     if args.output:
