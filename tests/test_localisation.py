@@ -22,9 +22,8 @@ def tiny():
     cfg = get_preset("tiny-vit")
     v = nn.unbox(CLIP(cfg).init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3)), np.zeros((1, 77), np.int32)))
     # random LayerNorm affine parameters and biases (zeros / ones at init would hide a missing term)
-    leaves, tree = jax.tree_util.tree_flatten(v)
-    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-    v = jax.tree_util.tree_unflatten(tree, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+    rng = np.random.default_rng(1)
+    v = jax.tree_util.tree_map(lambda x: (np.asarray(x) + 0.1 * rng.normal(size=x.shape)).astype(np.float32), v)
     return cfg, v
 
 
