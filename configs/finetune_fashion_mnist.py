@@ -7,7 +7,8 @@ its head starting as the zero-shot classifier (FLYP / WiSE-FT), then interpolate
         --corruption blur:0,1,2 --output runs/fmnist_ft/wise_ft.json
 
 The architecture is the init_from CLIP's (config.model is not used); its text tower and logit
-scale stay frozen. A short recipe: AdamW at a small learning rate with warm-up and cosine decay.
+scale stay frozen. A short recipe: AdamW at a small learning rate with warm-up and cosine decay
+(docs/robustness.md: test top-1 0.830 from the zero-shot 0.797; 300 steps give 0.811-0.818).
 """
 
 import ml_collections
@@ -23,11 +24,11 @@ def get_config():
                                             split="train", shuffle_buffer=55_000, tokenizer="", builder_kwargs={},
                                             crop_scale=(0.8, 1.0)))
     c.batch_size = 128
-    c.total_steps = 300  # ~0.7 epoch of the 55,000 training images
-    c.optimizer.update(lr=1e-4, warmup_steps=30, weight_decay=0.1)
+    c.total_steps = 900  # ~2 epochs of the 55,000 training images; 12.5 min on this 2-core CPU
+    c.optimizer.update(lr=3e-4, warmup_steps=50, weight_decay=0.1)
     c.log_every = 25
-    c.eval_every = 150
+    c.eval_every = 300
     c.eval_examples = 2000  # of the validation split (the last 5,000 training images)
     c.eval = ml_collections.ConfigDict(dict(split="validation"))
-    c.checkpoint_every = 150
+    c.checkpoint_every = 300
     return c
