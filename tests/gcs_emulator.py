@@ -21,6 +21,43 @@ import time
 import urllib.request
 
 
+@contextlib.contextmanager
+def serving(cmd: list, url: str, name: str):
+    """A test server subprocess (own session, killed at exit too) that answers GET `url` within
+    60 s; stopped when the context exits."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    atexit.register(proc.kill)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2).read()
+                break
+            except Exception:  # noqa: BLE001 - not listening yet
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"{name} did not start on {url}") from None
+                time.sleep(0.1)
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def patched_environ(env: dict):
+    """os.environ with `env` set inside the context, restored after."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield env
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -46,45 +83,24 @@ def gcs_emulator(*buckets: str):
     cmd = [sys.executable, server, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"]
     if buckets:
         cmd += ["--default-bucket", buckets[0]]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    atexit.register(proc.kill)
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(url + "/storage/v1/b", timeout=2).read()
-                break
-            except Exception:  # noqa: BLE001 - not listening yet
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"gcp-storage-emulator did not start on {url}") from None
-                time.sleep(0.1)
+    with serving(cmd, url + "/storage/v1/b", "gcp-storage-emulator"):
         for b in buckets[1:]:
             req = urllib.request.Request(url + "/storage/v1/b", data=f'{{"name": "{b}"}}'.encode(),
                                          headers={"Content-Type": "application/json"}, method="POST")
             urllib.request.urlopen(req, timeout=10).read()
-        env = emulator_env(url)
-        old = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            import fsspec
+        with patched_environ(emulator_env(url)) as env:
+            try:
+                import fsspec
 
-            fsspec.filesystem("gcs").invalidate_cache()
-            fsspec.config.conf.clear()
-        except Exception:  # noqa: BLE001
-            pass
-        _reset_gcsfs()
-        try:
-            yield env
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+                fsspec.filesystem("gcs").invalidate_cache()
+                fsspec.config.conf.clear()
+            except Exception:  # noqa: BLE001
+                pass
             _reset_gcsfs()
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
+            try:
+                yield env
+            finally:
+                _reset_gcsfs()
 
 
 def _reset_gcsfs():

@@ -19,7 +19,7 @@ import pytest
 
 from clipjax import storage
 from gcs_emulator import emulator_env, free_port, gcs_emulator
-from test_train_resume import _assert_bitwise_equal
+from test_train_resume import _assert_bitwise_equal, _env
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 SHARDS = "gs://bkt/shards/{00000..00003}.tar"
@@ -58,17 +58,6 @@ def gcs():
         for shard in range(4):
             storage.write_bytes(f"gs://bkt/shards/{shard:05d}.tar", _shard_bytes(shard))
         yield env
-
-
-def _env(extra):
-    env = dict(os.environ)
-    env.update(extra)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-    env["JAX_PLATFORMS"] = "cpu"
-    env["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
-    for k in ("CLIPJAX_COORDINATOR", "CLIPJAX_NUM_PROCESSES", "CLIPJAX_PROCESS_ID"):
-        env.pop(k, None)
-    return env
 
 
 def _train_cmd(workdir, *extra, source=SHARDS):

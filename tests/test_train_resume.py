@@ -21,8 +21,11 @@ TOTAL = 16
 EVERY = 4
 
 
-def _env():
+def _env(extra=None):
+    """The environment of a train.py subprocess: 2 host devices, no inherited multi-process
+    settings; `extra` (e.g. an object-storage emulator's variables) on top."""
     env = dict(os.environ)
+    env.update(extra or {})
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     env["JAX_PLATFORMS"] = "cpu"
     env["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
