@@ -19,6 +19,21 @@ TINY_SHAPES = dict(image_size=32, num_train=64, num_validation=16, num_test=32)
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
+def _config(init_from):
+    """configs/finetune_fashion_mnist.py shrunk to two steps on a tiny clipjax_shapes."""
+    spec = importlib.util.spec_from_file_location("ft_config", os.path.join(ROOT, "configs", "finetune_fashion_mnist.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config()
+    c.init_from = init_from
+    c.data.name = "clipjax_shapes"
+    c.data.builder_kwargs = TINY_SHAPES
+    c.data.shuffle_buffer = 64
+    c.update(total_steps=2, batch_size=16, log_every=1, eval_every=2, eval_examples=16, checkpoint_every=2)
+    c.optimizer.update(lr=1e-3, warmup_steps=1)
+    return c
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     import flax.linen as nn
@@ -34,18 +49,8 @@ def runs(tmp_path_factory):
     v = nn.unbox(jax.jit(CLIP(cfg).init)(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3)), np.zeros((1, 77), np.int32)))
     zs = str(tmp / "zs")
     save_clipjax(zs, v, cfg)
-    spec = importlib.util.spec_from_file_location("ft_config", os.path.join(ROOT, "configs", "finetune_fashion_mnist.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
-    c.init_from = zs
-    c.data.name = "clipjax_shapes"
-    c.data.builder_kwargs = TINY_SHAPES
-    c.data.shuffle_buffer = 64
-    c.update(total_steps=2, batch_size=16, log_every=1, eval_every=2, eval_examples=16, checkpoint_every=2)
-    c.optimizer.update(lr=1e-3, warmup_steps=1)
     ft = str(tmp / "ft")
-    final = train(c, ft)
+    final = train(_config(zs), ft)
     return zs, ft, final
 
 
@@ -60,6 +65,21 @@ def test_finetune_trains_image_tower_and_head(runs):
     moved = jax.tree_util.tree_map(lambda x, y: bool(np.array_equal(x, y)), pa["visual"], pb["visual"])
     assert not all(jax.tree_util.tree_leaves(moved))
     assert b.encode_text(["a red circle"]).shape == (1, 32)
+
+
+def test_batch_spec_is_the_real_batch(runs):
+    from clipjax import sharding as shd
+    from clipjax.tasks import finetune
+
+    zs, _, _ = runs
+    c = _config(zs)
+    mesh = shd.make_mesh(dict(c.mesh))
+    task = finetune.make_task(c, mesh, shd.rules_from_config(None), None, abstract=True)
+    data = task.make_data(0)
+    got = [(tuple(x.shape), np.dtype(x.dtype)) for x in next(data)]
+    data.close()
+    assert got == [(tuple(s), np.dtype(d)) for s, d in task.batch_spec(c.batch_size)] == [((16, 32, 32, 3), np.float32),
+                                                                                          ((16,), np.int32)]
 
 
 def test_interpolation_endpoints():

@@ -35,7 +35,7 @@ from clipjax.evaluation.zeroshot import classification_metrics, text_classifier
 from clipjax.models.clip import CLIP
 from clipjax.preprocess import preprocess_images
 from clipjax.tasks.base import Task
-from clipjax.tasks.pretrained import load_pretrained_parts
+from clipjax.tasks.pretrained import clip_architecture, load_pretrained_parts
 from clipjax.tokenizer import make_text_tokenizer
 
 log = logging.getLogger("clipjax.train")
@@ -150,7 +150,8 @@ def make_classification_evaluator(config, model, mesh, rules):
 
 def make_task(config, mesh, rules, workdir=None, abstract: bool = False) -> Task:
     init_from = config.get("init_from") or ""
-    cfg = read_any(init_from)[0]  # the CLIP's own architecture (plan.py's `abstract` reads it too)
+    # the CLIP's own architecture; `abstract` (plan.py): its config only, no weights read
+    cfg = clip_architecture(init_from, "init_from") if abstract else read_any(init_from)[0]
     builder = dataset_from_config(config.data)
     classnames, templates = zeroshot_prompts(config.data.name, builder)
     model = CLIPClassifier(cfg, num_classes=len(classnames))
