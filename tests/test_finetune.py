@@ -15,7 +15,7 @@ import clipjax
 import evaluate
 from clipjax.apps.wise_ft import interpolate, parse_alphas
 
-TINY_SHAPES = dict(image_size=32, num_train=64, num_validation=16, num_test=32)
+from test_train_smoke import TINY_SHAPES  # the variant other tests prepare: one TFDS build per run
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
