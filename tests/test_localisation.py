@@ -39,7 +39,7 @@ def test_maskclip_path_by_hand_and_default_outputs_unchanged(tiny):
     cfg, v = tiny
     images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
     plain = _visual(cfg, v, images)
-    out = _visual(cfg, v, images, dense=True, return_hidden=True)
+    out = _visual(cfg, v, images, dense_embeds=True, return_hidden=True)
     assert "dense_embeds" not in plain and plain["hidden"] is None  # default outputs as before
     for k in ("tokens", "pooled", "embeds"):
         np.testing.assert_array_equal(np.asarray(plain[k]), np.asarray(out[k]))

@@ -67,7 +67,7 @@ def is_vit_clip(model) -> bool:
 @functools.lru_cache(maxsize=8)
 def _dense_fn(model):
     """jit of the vision tower's dense (MaskCLIP) output for one flax CLIP module."""
-    return jax.jit(lambda v, x: model.apply(v, x, method=lambda m, im: m.visual(im, dense=True)["dense_embeds"]))
+    return jax.jit(lambda v, x: model.apply(v, x, method=lambda m, im: m.visual(im, dense_embeds=True)["dense_embeds"]))
 
 
 def clip_pixels(clip, images) -> np.ndarray:

@@ -69,7 +69,7 @@ class VisionTransformer(nn.Module):
     norm_all_tokens),
     pooled=normed class token (after the pooler if any), embeds=projection of pooled or None,
     hidden=every layer's output stacked (L, B, 1+N, W) when return_hidden), and, only when
-    called with dense=True, dense_embeds=(B, N, embed_dim): MaskCLIP's per-patch embeddings
+    called with dense_embeds=True, also dense_embeds=(B, N, embed_dim): MaskCLIP's per-patch embeddings
     (`maskclip_patch_embeds`)."""
 
     cfg: VisionConfig
@@ -83,7 +83,7 @@ class VisionTransformer(nn.Module):
     norm_all_tokens: bool = False
 
     @nn.compact
-    def __call__(self, images, return_hidden: bool = False, deterministic: bool = True, dense: bool = False):
+    def __call__(self, images, return_hidden: bool = False, deterministic: bool = True, dense_embeds: bool = False):
         cfg = self.cfg
         dtype, pdtype = dtype_of(self.dtype), dtype_of(self.param_dtype)
         p = cfg.patch_size
@@ -119,7 +119,7 @@ class VisionTransformer(nn.Module):
 
         x_in = x
         x, hidden = tower_transformer(self, cfg, norm_first=True, deterministic=deterministic,
-                                      return_hidden=return_hidden or dense)(x)
+                                      return_hidden=return_hidden or dense_embeds)(x)
 
         if self.norm_all_tokens:
             x = layer_norm(cfg.ln_eps, dtype, pdtype, "ln_post")(x)
@@ -129,7 +129,7 @@ class VisionTransformer(nn.Module):
         if cfg.pooler:
             pooled = jnp.tanh(dense(d, ("embed", "embed_out"), dtype, pdtype, name="pooler")(pooled))
         out = dict(tokens=x, pooled=pooled, embeds=projection(self, pooled), hidden=hidden if return_hidden else None)
-        if dense:
+        if dense_embeds:
             if self.norm_all_tokens or cfg.pooler or self.embed_dim is None:
                 raise ValueError("dense (MaskCLIP) embeddings need CLIP's layout: ln_post on the class token, "
                                  "no pooler, a projection")
