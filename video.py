@@ -7,12 +7,14 @@ one batch, whatever the video's length).
     python video.py caption  --checkpoint runs/tag2text_shapes clips/a.mp4
 
 classify: frame embeddings against the labels through --templates, pooled by --pool (default:
-each label scored by its best S-second segment); --per-segment adds each segment's label. search: every video's S-second
-segments against the text; videos ranked by their best segment, each with the span around it
-where the text holds (see clipjax/apps/video.py: half-maximum rule). caption: a Tag2Text / RAM
-run on one key frame per segment: tags with the spans they hold over, and captions merged over
-time. Output: JSON on stdout (or --output FILE). A video that cannot be read is skipped, named
-on stderr and counted in the JSON ("skipped"); exit code 2 when none could be read.
+the mean of the frames' softmaxes); --per-segment adds each segment's label. search: every
+video's S-second segments against the text; videos ranked by their best segment, each with the
+span around it where the text holds (clipjax/apps/video.py: a half-maximum rule on the cosine
+minus that of --null-prompt, default "a photo."). caption: a Tag2Text / RAM run on one key frame
+per segment: tags with the spans they hold over, and captions merged over time.
+
+Output: JSON on stdout (or --output FILE). A video that cannot be read is skipped, named on
+stderr and counted in the JSON ("skipped"); exit code 2 when none could be read.
 """
 
 from __future__ import annotations
@@ -42,9 +44,10 @@ def _args(argv):
                    help="'|'-separated prompt templates with {} for the label (default 'a photo of a {}.')")
     c.add_argument("--fps", type=float, default=2.0, help="frames sampled per second (default 2)")
     c.add_argument("--top", type=int, default=5)
-    c.add_argument("--pool", choices=("mean", "frames", "max"), default="max",
+    c.add_argument("--pool", choices=("mean", "frames", "max"), default="frames",
                    help="how frames make the video's label: the mean embedding, the mean of the frames' "
-                        "softmaxes, or each label's best --segment (default; see docs/video.md)")
+                        "softmaxes (default: best on the validation scenes, docs/video.md), or each "
+                        "label's best --segment")
     c.add_argument("--per-segment", action="store_true", help="also label each --segment")
 
     s = sub.add_parser("search", help="which videos show a text, and when")
@@ -52,6 +55,9 @@ def _args(argv):
     s.add_argument("--text", required=True, help="what to look for (encoded as given, like search.py)")
     s.add_argument("--fps", type=float, default=2.0, help="frames sampled per second (default 2)")
     s.add_argument("--top", type=int, default=10)
+    s.add_argument("--null-prompt", default="a photo.",
+                   help="a content-free prompt whose similarity is subtracted before finding the span "
+                        "(default 'a photo.'; '' to find it on the plain cosine; see docs/video.md)")
 
     k = sub.add_parser("caption", help="tags and captions of key frames, over time")
     common(k, "a Tag2Text or RAM run")
@@ -143,10 +149,11 @@ def main(argv=None) -> int:
                               args.segment if args.per_segment else None, pool=args.pool) for v in embeds]
     elif args.command == "search":
         text = model.encode_text([args.text])[0]
-        results = V.search(embeds, text, args.segment, args.top)
+        null = model.encode_text([args.null_prompt])[0] if args.null_prompt else None
+        results = V.search(embeds, text, args.segment, args.top, null)
     out = dict(command=args.command, checkpoint=args.checkpoint, results=results)
     if args.command == "search":
-        out["text"] = args.text
+        out.update(text=args.text, null_prompt=args.null_prompt)
     if skipped:
         out["skipped"] = skipped
         print(f"video.py: {len(skipped)} of {len(args.videos)} videos skipped (unreadable)", file=sys.stderr)

@@ -54,6 +54,7 @@ def main(argv=None) -> int:
     p.add_argument("--fps", type=float, default=2.0, help="frames sampled per second")
     p.add_argument("--segment", type=float, default=1.0)
     p.add_argument("--captions", action="store_true", help="with --tag2text: also caption every key frame")
+    p.add_argument("--null-prompt", default="a photo.", help="video.py search's --null-prompt ('' for none)")
     p.add_argument("--tolerance", type=float, default=1.0, help="seconds: localisation is right within this")
     p.add_argument("--videos-dir", required=True, help="where the MP4s (and ground truth) are written")
     p.add_argument("--output", help="JSON file for the figures")
@@ -74,6 +75,7 @@ def main(argv=None) -> int:
     classnames = [f"{c} {s}" for c, s in ALL_PAIRS]
     classifier = text_classifier(clip.encode_text, classnames, PROMPT_TEMPLATES)
     t2t = clipjax.load(args.tag2text) if args.tag2text else None
+    null = clip.encode_text([args.null_prompt])[0] if args.null_prompt else None
 
     n = sum(len(g) for g in gals)
     bar = tqdm(total=n, desc="videos", unit="video", disable=args.no_progress, file=sys.stderr)
@@ -117,7 +119,7 @@ def main(argv=None) -> int:
         for j, scene in enumerate(gallery):
             query = f"a photo of a {scene.main.color} {scene.main.shape}."
             text = clip.encode_text([query])[0]
-            ranked = V.search(embeds, text, args.segment)
+            ranked = V.search(embeds, text, args.segment, null_embed=null)
             order = [h["video"] for h in ranked]
             rank = order.index(embeds[j].path)
             r1 += int(rank == 0)
@@ -138,7 +140,7 @@ def main(argv=None) -> int:
 
     out = dict(
         clip=args.clip, tag2text=args.tag2text, videos=n, galleries=args.galleries, per_gallery=args.per_gallery,
-        seed=args.seed, fps=args.fps, segment=args.segment, tolerance=args.tolerance,
+        seed=args.seed, fps=args.fps, null_prompt=args.null_prompt, segment=args.segment, tolerance=args.tolerance,
         video_size=gals[0][0].size, video_fps=gals[0][0].fps, video_seconds=gals[0][0].duration,
         classification=dict(**{f"top1_pool_{k}": round(h / n, 4) for k, h in cls_hits.items()},
                             top1_middle_frame=round(mid_hits / n, 4),

@@ -119,6 +119,14 @@ def test_segments_localise_and_search():
     out = V.classify(v, np.eye(3, dtype=np.float32), ["x", "y", "z"], 100.0, top=2, segment_seconds=1.0)
     assert out["label"] == "x" and len(out["top"]) == 2  # 10 of 16 frames are x
     assert [s["label"] for s in out["segments"]] == list("xxyyyxxx")
+    # a background that sits near the text's score, and a distractor far below it: on the plain
+    # cosine the span swallows the background; minus the null prompt's cosine it does not
+    seg_embeds = np.array([[0.8, 0.6, 0]] * 2 + [[0, 1, 0]] * 3 + [[0, 0, 1]] + [[0.8, 0.6, 0]] * 2, np.float32)
+    bg = V.VideoEmbedding("bg.mp4", np.arange(8.0), seg_embeds, 8.0)
+    text, null = np.array([0, 1, 0], np.float32), np.array([1, 0, 0], np.float32)
+    assert [(h["start"], h["end"]) for h in V.search([bg], text, 1.0)] == [(0.0, 5.0)]
+    hit = V.search([bg], text, 1.0, null_embed=null)[0]
+    assert (hit["start"], hit["end"]) == (2.0, 5.0) and hit["score"] == pytest.approx(1.0)  # ranked on the cosine
     frames = V.class_probs(v, np.eye(3, dtype=np.float32), 100.0, "frames")
     np.testing.assert_allclose(frames, [10 / 16, 6 / 16, 0], atol=1e-6)  # each frame votes
     best = V.class_probs(v, np.eye(3, dtype=np.float32), 100.0, "max", 1.0)
