@@ -117,6 +117,8 @@ def main(argv=None) -> int:
         if args.command == "caption":
             if not hasattr(model, "tags"):
                 raise ValueError(f"{args.checkpoint} is not a Tag2Text / RAM run")
+            if not args.no_captions and not model.cfg.captioning:
+                raise ValueError(f"{args.checkpoint} has no caption decoder (RAM++): pass --no-captions for tags only")
         elif not hasattr(model, "encode_text") or hasattr(model, "segment"):
             raise ValueError(f"{args.checkpoint} is not a CLIP checkpoint")
     except (CheckpointError, ValueError, OSError) as e:

@@ -95,6 +95,18 @@ def test_unreadable_and_damaged_videos(tmp_path):
         assert "hurt.mp4" in str(e)
     with pytest.raises(ValueError, match="positive"):
         VideoFrames(path, rate=0)
+    import av
+
+    sound = str(tmp_path / "sound.mkv")  # a file FFmpeg reads, holding audio only
+    with av.open(sound, "w") as c:
+        s = c.add_stream("mp2", rate=44100)
+        s.layout = "mono"
+        f = av.AudioFrame.from_ndarray(np.zeros((1, 1152), np.int16), format="s16", layout="mono")
+        f.rate = 44100
+        for packet in [*s.encode(f), *s.encode()]:
+            c.mux(packet)
+    with pytest.raises(VideoError, match="no video stream"):
+        list(VideoFrames(sound))
 
 
 def test_segments_localise_and_search():
